@@ -1,0 +1,424 @@
+//! The storage contract (DESIGN §4): [`KvStore`] manages the revisions of many
+//! vbuckets, and [`VbStore`] is one `(vbid, revision)` store.
+//!
+//! The split is deliberate: a handle pins one incarnation. A caller holding
+//! an `Arc<dyn VbStore>` for revision 3 keeps talking to revision 3 even after
+//! the vbucket is recreated as revision 4, so it can never read the new
+//! incarnation's data by accident. The engine's access guards hold exactly
+//! such a handle.
+
+use crate::doc::{Document, LocalOp, VbucketState};
+use crate::error::StoreResult;
+use crate::key::DiskKey;
+use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::types::{CollectionId, Revision, Seqno, Vbid};
+use bytes::Bytes;
+
+/// One atomic, durable unit of change for one vbucket.
+///
+/// Item seqnos must all be above the store's high seqno. When a key appears
+/// more than once, the version with the highest seqno wins and the others are
+/// dropped, so the store still keeps one by-seqno entry per key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitBatch {
+    /// Sets and deletes (a delete is a document with `meta.deleted` set).
+    pub items: Vec<Document>,
+    /// Local-document changes.
+    pub local: Vec<LocalOp>,
+    /// The vbucket state to persist with this commit, if it changed.
+    pub vbstate: Option<VbucketState>,
+}
+
+impl CommitBatch {
+    /// An empty batch.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a set or a delete.
+    #[must_use]
+    pub fn item(mut self, doc: Document) -> Self {
+        self.items.push(doc);
+        self
+    }
+
+    /// Adds a local-document change.
+    #[must_use]
+    pub fn local(mut self, op: LocalOp) -> Self {
+        self.local.push(op);
+        self
+    }
+
+    /// Sets the vbucket state to persist.
+    #[must_use]
+    pub fn vbstate(mut self, state: VbucketState) -> Self {
+        self.vbstate = Some(state);
+        self
+    }
+
+    /// True when the batch changes nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.local.is_empty() && self.vbstate.is_none()
+    }
+
+    /// The highest item seqno in the batch.
+    #[must_use]
+    pub fn max_seqno(&self) -> Option<Seqno> {
+        self.items.iter().map(|d| d.meta.seqno).max()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitInfo {
+    /// The store's high seqno after the commit.
+    pub high_seqno: Seqno,
+    /// Items written (after de-duplication).
+    pub items: usize,
+    /// Bytes appended or written, where the backend can tell.
+    pub bytes_written: u64,
+}
+
+/// A half-open range of disk keys, `[start, end)`; `end: None` is unbounded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyRange {
+    /// First key included.
+    pub start: Vec<u8>,
+    /// First key excluded, or `None` for the end of the keyspace.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Every key of one collection.
+    #[must_use]
+    pub fn collection(cid: CollectionId) -> Self {
+        let (start, end) = DiskKey::collection_range(cid);
+        KeyRange {
+            start,
+            end: Some(end),
+        }
+    }
+
+    /// `[start, end)`.
+    #[must_use]
+    pub fn new(start: &[u8], end: &[u8]) -> Self {
+        KeyRange {
+            start: start.to_vec(),
+            end: Some(end.to_vec()),
+        }
+    }
+
+    /// True when `key` falls inside the range.
+    #[must_use]
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= &self.start[..] && self.end.as_deref().is_none_or(|e| key < e)
+    }
+}
+
+/// What a visitor wants after seeing one document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanControl {
+    /// Deliver the next one.
+    Continue,
+    /// Pause; a later [`SeqnoScan::run`] resumes after this document.
+    Yield,
+    /// End the scan now.
+    Stop,
+}
+
+/// How a scan call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanStatus {
+    /// Every document in the range was delivered.
+    Done,
+    /// The visitor asked to pause; call `run` again to resume.
+    Yielded,
+    /// The visitor stopped the scan or its cancel token was set.
+    Stopped,
+}
+
+/// Options of a by-seqno scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Deliver tombstones too.
+    pub include_deleted: bool,
+    /// Deliver only keys and metadata (values left empty).
+    pub keys_only: bool,
+    /// Set from any thread to stop the scan at its next document.
+    pub cancel: Option<CancelToken>,
+}
+
+/// A by-seqno scan pinned to the snapshot it was created on: commits made
+/// after its creation are invisible to it. It holds whatever it needs to keep
+/// that snapshot readable, so it may be parked between `run` calls (for
+/// example while a replication stream waits for buffer space).
+pub trait SeqnoScan: Send {
+    /// The high seqno of the snapshot being scanned.
+    fn snapshot_high_seqno(&self) -> Seqno;
+
+    /// Delivers documents in seqno order until the range ends, the visitor
+    /// yields or stops, or the cancel token is set.
+    fn run(&mut self, visit: &mut dyn FnMut(Document) -> ScanControl) -> StoreResult<ScanStatus>;
+
+    /// The seqno of the last document delivered, if any.
+    fn last_seqno(&self) -> Option<Seqno>;
+}
+
+/// A flag another thread sets to stop a scan or a compaction.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the operation to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// True once [`CancelToken::cancel`] was called.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A collection generation that was dropped: its items with seqnos up to
+/// `end_seqno` are garbage. Items of a re-created (resurrected) collection
+/// with the same id have higher seqnos and are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DroppedCollection {
+    /// The collection id.
+    pub cid: CollectionId,
+    /// The seqno of the drop event; items at or below it are dropped.
+    pub end_seqno: Seqno,
+}
+
+/// What a compaction may purge.
+#[derive(Debug, Clone, Default)]
+pub struct CompactionConfig {
+    /// Tombstones whose deletion time is strictly below this (seconds since
+    /// the epoch) may be purged. 0 purges none by time.
+    pub purge_before_ts: u32,
+    /// When set, only tombstones at or below this seqno may be purged.
+    pub purge_before_seqno: Option<Seqno>,
+    /// Purge every tombstone regardless of its age.
+    pub drop_deletes: bool,
+    /// Dropped collection generations whose items are purged.
+    pub dropped: Vec<DroppedCollection>,
+    /// Stops the compaction; the store is then left as it was.
+    pub cancel: Option<CancelToken>,
+}
+
+impl CompactionConfig {
+    /// True when `doc` is an item of a dropped collection generation.
+    #[must_use]
+    pub fn is_dropped(&self, doc: &Document) -> bool {
+        let cid = doc.key.collection();
+        self.dropped
+            .iter()
+            .any(|d| d.cid == cid && doc.meta.seqno <= d.end_seqno)
+    }
+
+    /// True when `doc` is a tombstone old enough to purge. The document at
+    /// the store's high seqno is never purged, so the high seqno survives.
+    #[must_use]
+    pub fn purges_tombstone(&self, doc: &Document, high_seqno: Seqno) -> bool {
+        if !doc.is_deleted() || doc.meta.seqno >= high_seqno {
+            return false;
+        }
+        if self.purge_before_seqno.is_some_and(|s| doc.meta.seqno > s) {
+            return false;
+        }
+        self.drop_deletes || doc.meta.expiry < self.purge_before_ts
+    }
+
+    /// True when the cancel token is set.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(CancelToken::is_cancelled)
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactionResult {
+    /// Store size before, in bytes.
+    pub bytes_before: u64,
+    /// Store size after, in bytes.
+    pub bytes_after: u64,
+    /// Tombstones purged.
+    pub tombstones_purged: u64,
+    /// Items of dropped collections purged.
+    pub collection_items_purged: u64,
+    /// The purge seqno after the compaction.
+    pub purge_seqno: Seqno,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RollbackResult {
+    /// The high seqno now in force: at or below the requested seqno.
+    pub high_seqno: Seqno,
+    /// Every key whose state changed, so the caller can fix its memory.
+    pub discarded: Vec<DiskKey>,
+    /// True when history was gone and the store was emptied to seqno 0.
+    pub to_zero: bool,
+}
+
+/// Sizes and counts of one store, each O(1) to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreInfo {
+    /// The vbucket.
+    pub vbid: Vbid,
+    /// The revision now in use.
+    pub revision: Revision,
+    /// The highest seqno committed.
+    pub high_seqno: Seqno,
+    /// The highest seqno purged by compaction.
+    pub purge_seqno: Seqno,
+    /// Live documents.
+    pub live_items: u64,
+    /// Tombstones.
+    pub deleted_items: u64,
+    /// Key and value bytes of the current version of every document.
+    pub data_bytes: u64,
+    /// Bytes the store takes on disk (or in memory for `MemStore`).
+    pub file_bytes: u64,
+}
+
+impl StoreInfo {
+    /// The share of the store taken by stale data, from 0.0 to 1.0.
+    #[must_use]
+    pub fn fragmentation(&self) -> f64 {
+        if self.file_bytes == 0 {
+            return 0.0;
+        }
+        let stale = self.file_bytes.saturating_sub(self.data_bytes);
+        stale as f64 / self.file_bytes as f64
+    }
+}
+
+/// One vbucket incarnation's store. All methods take `&self`; a backend
+/// serialises writers internally (the engine's flusher is the only writer of
+/// a vbucket, but compaction runs beside it).
+pub trait VbStore: Send + Sync {
+    /// The vbucket.
+    fn vbid(&self) -> Vbid;
+
+    /// The revision in use now. A backend may move to a new revision when it
+    /// compacts (couchfile does); the incarnation stays the same.
+    fn revision(&self) -> Revision;
+
+    /// Applies the batch atomically and durably (DESIGN §4.1, §4.2).
+    fn commit(&self, batch: CommitBatch) -> StoreResult<CommitInfo>;
+
+    /// One document, tombstones included.
+    fn get(&self, key: &DiskKey) -> StoreResult<Option<Document>>;
+
+    /// Many documents, in the order of `keys`.
+    fn get_many(&self, keys: &[DiskKey]) -> StoreResult<Vec<Option<Document>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Visits documents in key order within `range`, tombstones included.
+    /// A key-range read does not resume: `Yield` ends it like `Stop`.
+    fn key_range(
+        &self,
+        range: &KeyRange,
+        visit: &mut dyn FnMut(Document) -> ScanControl,
+    ) -> StoreResult<ScanStatus>;
+
+    /// A by-seqno scan of `[start, end]`, pinned to the current snapshot.
+    fn seqno_scan(
+        &self,
+        start: Seqno,
+        end: Seqno,
+        opts: ScanOptions,
+    ) -> StoreResult<Box<dyn SeqnoScan>>;
+
+    /// Restores the newest commit whose high seqno is at or below `to`
+    /// (DESIGN §4.4).
+    fn rollback(&self, to: Seqno) -> StoreResult<RollbackResult>;
+
+    /// Purges per `config` (DESIGN §4.5). Commits may run concurrently.
+    fn compact(&self, config: &CompactionConfig) -> StoreResult<CompactionResult>;
+
+    /// A local document.
+    fn get_local(&self, name: &str) -> StoreResult<Option<Bytes>>;
+
+    /// Every local document, in name order.
+    fn list_local(&self) -> StoreResult<Vec<(String, Bytes)>>;
+
+    /// The persisted vbucket state, with `high_seqno` and `purge_seqno` filled
+    /// from the store itself; `None` when no state was ever committed.
+    fn vbstate(&self) -> StoreResult<Option<VbucketState>>;
+
+    /// Counts and sizes.
+    fn info(&self) -> StoreResult<StoreInfo>;
+}
+
+/// A backend: the stores of every vbucket revision under one root.
+///
+/// It must be usable as `Arc<dyn KvStore>` so the engine can pick a backend
+/// at run time.
+///
+/// ```
+/// use kvstore_core::{
+///     CollectionId, CommitBatch, DiskKey, Document, KvStore, MemStore, ScanControl,
+///     ScanOptions, Seqno, Vbid,
+/// };
+/// use std::sync::Arc;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let backend: Arc<dyn KvStore> = Arc::new(MemStore::new());
+/// let vb = backend.create(Vbid(3))?;
+/// let key = DiskKey::new(CollectionId::DEFAULT, b"hello")?;
+/// vb.commit(CommitBatch::new().item(Document::new(key.clone(), Seqno(1), "world")))?;
+///
+/// let doc = vb.get(&key)?.expect("committed");
+/// assert_eq!(&doc.value[..], b"world");
+///
+/// let mut seen = Vec::new();
+/// let mut scan = vb.seqno_scan(Seqno(1), Seqno(u64::MAX), ScanOptions::default())?;
+/// scan.run(&mut |d| {
+///     seen.push(d.meta.seqno);
+///     ScanControl::Continue
+/// })?;
+/// assert_eq!(seen, [Seqno(1)]);
+/// # Ok(())
+/// # }
+/// ```
+pub trait KvStore: Send + Sync {
+    /// A short backend name for logs and reports.
+    fn backend_name(&self) -> &'static str;
+
+    /// Finds the newest revision of every vbucket, removing stale revisions
+    /// and temporary files. Called once at startup.
+    fn discover(&self) -> StoreResult<Vec<(Vbid, Revision)>>;
+
+    /// Creates a new, empty incarnation of `vbid` with a revision above every
+    /// revision this backend has used for it.
+    fn create(&self, vbid: Vbid) -> StoreResult<Arc<dyn VbStore>>;
+
+    /// Opens an existing revision. Opening a revision that is already open
+    /// returns the same handle.
+    fn open(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<dyn VbStore>>;
+
+    /// Removes exactly this revision. Handles still open on it fail with
+    /// [`crate::StoreError::Deleted`] from then on, except scans already
+    /// pinned, which finish on their snapshot.
+    fn destroy(&self, vbid: Vbid, revision: Revision) -> StoreResult<()>;
+}
