@@ -1,0 +1,729 @@
+//! Copy-on-write B+trees over byte keys, stored as node chunks.
+//!
+//! - [`lookup`] and [`iterate`] read through a [`NodeRead`] (the file and the
+//!   node cache).
+//! - [`modify`] applies a whole sorted batch in one pass: each node on the
+//!   way to any changed key is read once and rewritten once, however many
+//!   keys of the batch fall into it, and nodes that overflow are split into
+//!   evenly filled siblings. A batch of sequential keys fills new nodes
+//!   densely rather than rewriting one path per key.
+//! - [`Builder`] builds a tree bottom-up from a sorted stream (compaction),
+//!   every node full.
+//!
+//! Leaves keep whole entries; interior nodes keep, per child, the largest key
+//! of its subtree and the subtree's [`Reduce`], so counts and sizes of the
+//! whole tree sit in the root.
+
+use crate::block::{ChunkPtr, PhysWriter};
+use crate::codec::{DecodeResult, decode_key_value, decode_seqno_value};
+use crate::header::Root;
+use crate::node::{ChildRef, Compression, Node, Reduce, child_entry_size, leaf_entry_size};
+use bytes::Bytes;
+use kvstore_core::StoreResult;
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+/// Reads nodes (through the cache).
+pub trait NodeRead {
+    /// The node at `ptr`.
+    fn read_node(&self, ptr: ChunkPtr) -> StoreResult<Arc<Node>>;
+
+    /// Turns a decode failure found in the node at `ptr` into a corruption
+    /// error naming the file.
+    fn corrupt(&self, ptr: ChunkPtr, e: crate::codec::DecodeError) -> kvstore_core::StoreError;
+}
+
+/// Which tree, which decides how leaf entries reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeKind {
+    /// Disk key → document record.
+    ByKey,
+    /// Seqno → disk key and document record.
+    BySeqno,
+    /// Name → local document value.
+    Local,
+}
+
+impl TreeKind {
+    /// The reduction of one leaf entry.
+    pub fn reduce(self, key: &Bytes, value: &Bytes) -> DecodeResult<Reduce> {
+        let (deleted, bytes) = match self {
+            TreeKind::ByKey => {
+                let rec = decode_key_value(value)?;
+                (rec.meta.deleted.is_some(), rec.body_size(key.len()))
+            }
+            TreeKind::BySeqno => {
+                let (k, rec) = decode_seqno_value(value)?;
+                (rec.meta.deleted.is_some(), rec.body_size(k.len()))
+            }
+            TreeKind::Local => (false, (key.len() + value.len()) as u64),
+        };
+        Ok(Reduce {
+            live: u64::from(!deleted),
+            deleted: u64::from(deleted),
+            bytes,
+        })
+    }
+}
+
+/// Writes new nodes into a [`PhysWriter`].
+pub struct NodeWriter<'w> {
+    /// Where the bytes go.
+    pub out: &'w mut PhysWriter,
+    /// The node codec.
+    pub codec: Compression,
+    /// The target size of an uncompressed node.
+    pub node_size: usize,
+    /// Nodes written, kept to warm the cache after the commit lands (only
+    /// when `keep` is set).
+    pub written: Vec<(ChunkPtr, Arc<Node>)>,
+    /// Whether to keep written nodes.
+    pub keep: bool,
+}
+
+impl<'w> NodeWriter<'w> {
+    /// A writer that keeps what it writes for the cache.
+    pub fn new(out: &'w mut PhysWriter, codec: Compression, node_size: usize, keep: bool) -> Self {
+        NodeWriter {
+            out,
+            codec,
+            node_size,
+            written: Vec::new(),
+            keep,
+        }
+    }
+
+    fn write(&mut self, node: Node) -> ChunkPtr {
+        let ptr = self.out.write_chunk(&node.encode(self.codec));
+        if self.keep {
+            self.written.push((ptr, Arc::new(node)));
+        }
+        ptr
+    }
+
+    /// Writes `entries` (sorted) as evenly filled leaves.
+    fn write_leaves(
+        &mut self,
+        r: &dyn NodeRead,
+        kind: TreeKind,
+        entries: Vec<(Bytes, Bytes)>,
+    ) -> StoreResult<Vec<ChildRef>> {
+        let sizes: Vec<usize> = entries.iter().map(|(k, v)| leaf_entry_size(k, v)).collect();
+        let groups = split_even(&sizes, self.node_size);
+        let mut refs = Vec::with_capacity(groups.len());
+        let mut it = entries.into_iter();
+        for n in groups {
+            let group: Vec<(Bytes, Bytes)> = it.by_ref().take(n).collect();
+            let mut reduce = Reduce::default();
+            for (k, v) in &group {
+                let red = kind
+                    .reduce(k, v)
+                    .map_err(|e| r.corrupt(ChunkPtr::default(), e))?;
+                reduce = reduce.plus(red);
+            }
+            let max_key = group.last().map(|(k, _)| k.clone()).unwrap_or_default();
+            let ptr = self.write(Node::Leaf(group));
+            refs.push(ChildRef {
+                max_key,
+                ptr,
+                reduce,
+            });
+        }
+        Ok(refs)
+    }
+
+    /// Writes `children` (sorted) as evenly filled interior nodes.
+    fn write_interiors(&mut self, children: Vec<ChildRef>) -> Vec<ChildRef> {
+        let sizes: Vec<usize> = children.iter().map(child_entry_size).collect();
+        let groups = split_even(&sizes, self.node_size);
+        let mut refs = Vec::with_capacity(groups.len());
+        let mut it = children.into_iter();
+        for n in groups {
+            let group: Vec<ChildRef> = it.by_ref().take(n).collect();
+            let reduce = group
+                .iter()
+                .fold(Reduce::default(), |a, c| a.plus(c.reduce));
+            let max_key = group.last().map(|c| c.max_key.clone()).unwrap_or_default();
+            let ptr = self.write(Node::Interior(group));
+            refs.push(ChildRef {
+                max_key,
+                ptr,
+                reduce,
+            });
+        }
+        refs
+    }
+}
+
+/// Splits items of the given encoded sizes into groups of about equal size,
+/// each at most `target` bytes where possible (an item larger than `target`
+/// gets a group of its own), and every group but a lone one holding at least
+/// two items when the items allow it. Returns group lengths.
+fn split_even(sizes: &[usize], target: usize) -> Vec<usize> {
+    if sizes.is_empty() {
+        return Vec::new();
+    }
+    let total: usize = sizes.iter().sum();
+    let groups = total.div_ceil(target.max(1)).max(1);
+    let per = total.div_ceil(groups);
+    let mut out = Vec::with_capacity(groups + 1);
+    let (mut n, mut acc) = (0usize, 0usize);
+    for &s in sizes {
+        if n > 0 && acc + s > per.max(s) && acc >= per / 2 {
+            out.push(n);
+            n = 0;
+            acc = 0;
+        }
+        n += 1;
+        acc += s;
+    }
+    out.push(n);
+    out
+}
+
+/// One change to a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Insert or replace.
+    Put(Bytes, Bytes),
+    /// Remove if present.
+    Remove(Bytes),
+}
+
+impl Action {
+    /// The key it touches.
+    #[must_use]
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Action::Put(k, _) | Action::Remove(k) => k,
+        }
+    }
+}
+
+/// The value stored under `key`, if any.
+pub fn lookup(r: &dyn NodeRead, root: Option<&Root>, key: &[u8]) -> StoreResult<Option<Bytes>> {
+    let Some(root) = root else { return Ok(None) };
+    let mut ptr = root.ptr;
+    loop {
+        let node = r.read_node(ptr)?;
+        match &*node {
+            Node::Interior(children) => {
+                let i = children.partition_point(|c| &c.max_key[..] < key);
+                match children.get(i) {
+                    Some(c) => ptr = c.ptr,
+                    None => return Ok(None),
+                }
+            }
+            Node::Leaf(entries) => {
+                return Ok(entries
+                    .binary_search_by(|(k, _)| k[..].cmp(key))
+                    .ok()
+                    .map(|i| entries[i].1.clone()));
+            }
+        }
+    }
+}
+
+/// Visits entries with `start <= key < end` in key order until `visit`
+/// returns false. Returns false when stopped early.
+pub fn iterate(
+    r: &dyn NodeRead,
+    root: Option<&Root>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut dyn FnMut(&Bytes, &Bytes) -> StoreResult<bool>,
+) -> StoreResult<bool> {
+    match root {
+        None => Ok(true),
+        Some(root) => iterate_node(r, root.ptr, start, end, visit),
+    }
+}
+
+fn iterate_node(
+    r: &dyn NodeRead,
+    ptr: ChunkPtr,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut dyn FnMut(&Bytes, &Bytes) -> StoreResult<bool>,
+) -> StoreResult<bool> {
+    let node = r.read_node(ptr)?;
+    match &*node {
+        Node::Leaf(entries) => {
+            let from = entries.partition_point(|(k, _)| &k[..] < start);
+            for (k, v) in &entries[from..] {
+                if end.is_some_and(|e| &k[..] >= e) {
+                    return Ok(false);
+                }
+                if !visit(k, v)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Node::Interior(children) => {
+            let from = children.partition_point(|c| &c.max_key[..] < start);
+            for c in &children[from..] {
+                if !iterate_node(r, c.ptr, start, end, visit)? {
+                    return Ok(false);
+                }
+                if end.is_some_and(|e| &c.max_key[..] >= e) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Applies `actions` (sorted by key, each key once) to the tree at `root`,
+/// writing new nodes through `w`. `replaced` sees the old value of every key
+/// that an action overwrote or removed. Returns the new root.
+pub fn modify(
+    r: &dyn NodeRead,
+    w: &mut NodeWriter<'_>,
+    kind: TreeKind,
+    root: Option<Root>,
+    actions: &[Action],
+    replaced: &mut dyn FnMut(&Bytes, &Bytes),
+) -> StoreResult<Option<Root>> {
+    debug_assert!(actions.windows(2).all(|p| p[0].key() < p[1].key()));
+    if actions.is_empty() {
+        return Ok(root);
+    }
+    let refs = match root {
+        None => {
+            let entries = merge_leaf(&[], actions, replaced).0;
+            w.write_leaves(r, kind, entries)?
+        }
+        Some(root) => match modify_node(r, w, kind, root.ptr, actions, replaced, true)? {
+            Some(refs) => refs,
+            None => return Ok(Some(root)),
+        },
+    };
+    Ok(finish_root(w, refs))
+}
+
+/// Stacks interior levels on `refs` until one root remains.
+fn finish_root(w: &mut NodeWriter<'_>, mut refs: Vec<ChildRef>) -> Option<Root> {
+    loop {
+        match refs.len() {
+            0 => return None,
+            1 => {
+                let c = &refs[0];
+                return Some(Root {
+                    ptr: c.ptr,
+                    reduce: c.reduce,
+                });
+            }
+            _ => refs = w.write_interiors(refs),
+        }
+    }
+}
+
+/// Merges sorted leaf entries with sorted actions. Returns the new entries
+/// and whether anything changed.
+fn merge_leaf(
+    entries: &[(Bytes, Bytes)],
+    actions: &[Action],
+    replaced: &mut dyn FnMut(&Bytes, &Bytes),
+) -> (Vec<(Bytes, Bytes)>, bool) {
+    let mut out = Vec::with_capacity(entries.len() + actions.len());
+    let (mut i, mut j) = (0, 0);
+    let mut changed = false;
+    while i < entries.len() || j < actions.len() {
+        let ord = match (entries.get(i), actions.get(j)) {
+            (Some((k, _)), Some(a)) => k.cmp(a.key()),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match ord {
+            Ordering::Less => {
+                out.push(entries[i].clone());
+                i += 1;
+            }
+            Ordering::Greater => {
+                if let Action::Put(k, v) = &actions[j] {
+                    out.push((k.clone(), v.clone()));
+                    changed = true;
+                }
+                j += 1;
+            }
+            Ordering::Equal => {
+                replaced(&entries[i].0, &entries[i].1);
+                if let Action::Put(k, v) = &actions[j] {
+                    out.push((k.clone(), v.clone()));
+                }
+                changed = true;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (out, changed)
+}
+
+/// Rewrites the subtree at `ptr`. Returns `None` when nothing changed, or the
+/// references that replace it (none when it became empty, several when it
+/// split).
+fn modify_node(
+    r: &dyn NodeRead,
+    w: &mut NodeWriter<'_>,
+    kind: TreeKind,
+    ptr: ChunkPtr,
+    actions: &[Action],
+    replaced: &mut dyn FnMut(&Bytes, &Bytes),
+    is_root: bool,
+) -> StoreResult<Option<Vec<ChildRef>>> {
+    let node = r.read_node(ptr)?;
+    match &*node {
+        Node::Leaf(entries) => {
+            let (merged, changed) = merge_leaf(entries, actions, replaced);
+            if !changed {
+                return Ok(None);
+            }
+            Ok(Some(w.write_leaves(r, kind, merged)?))
+        }
+        Node::Interior(children) => {
+            let mut out: Vec<ChildRef> = Vec::with_capacity(children.len() + 4);
+            let mut changed = false;
+            let mut j = 0;
+            for (ci, child) in children.iter().enumerate() {
+                let last = ci + 1 == children.len();
+                let start = j;
+                while j < actions.len() && (last || actions[j].key()[..] <= child.max_key[..]) {
+                    j += 1;
+                }
+                if start == j {
+                    out.push(child.clone());
+                    continue;
+                }
+                match modify_node(r, w, kind, child.ptr, &actions[start..j], replaced, false)? {
+                    None => out.push(child.clone()),
+                    Some(sub) => {
+                        changed = true;
+                        out.extend(sub);
+                    }
+                }
+            }
+            if !changed {
+                return Ok(None);
+            }
+            if is_root {
+                // The caller stacks levels as needed; returning the children
+                // rather than wrapping them also drops a root left with a
+                // single child.
+                return Ok(Some(out));
+            }
+            if out.is_empty() {
+                return Ok(Some(out));
+            }
+            Ok(Some(w.write_interiors(out)))
+        }
+    }
+}
+
+/// Builds a tree bottom-up from entries given in key order.
+pub struct Builder {
+    kind: TreeKind,
+    leaf: Vec<(Bytes, Bytes)>,
+    leaf_size: usize,
+    levels: Vec<(Vec<ChildRef>, usize)>,
+    last_key: Option<Bytes>,
+}
+
+impl Builder {
+    /// An empty builder.
+    #[must_use]
+    pub fn new(kind: TreeKind) -> Self {
+        Builder {
+            kind,
+            leaf: Vec::new(),
+            leaf_size: 0,
+            levels: Vec::new(),
+            last_key: None,
+        }
+    }
+
+    /// Adds the next entry; keys must strictly increase.
+    pub fn push(
+        &mut self,
+        r: &dyn NodeRead,
+        w: &mut NodeWriter<'_>,
+        key: Bytes,
+        value: Bytes,
+    ) -> StoreResult<()> {
+        debug_assert!(self.last_key.as_ref().is_none_or(|l| *l < key));
+        let s = leaf_entry_size(&key, &value);
+        if !self.leaf.is_empty() && self.leaf_size + s > w.node_size {
+            self.flush_leaf(r, w)?;
+        }
+        self.leaf_size += s;
+        self.last_key = Some(key.clone());
+        self.leaf.push((key, value));
+        Ok(())
+    }
+
+    fn flush_leaf(&mut self, r: &dyn NodeRead, w: &mut NodeWriter<'_>) -> StoreResult<()> {
+        let entries = std::mem::take(&mut self.leaf);
+        self.leaf_size = 0;
+        let mut reduce = Reduce::default();
+        for (k, v) in &entries {
+            reduce = reduce.plus(
+                self.kind
+                    .reduce(k, v)
+                    .map_err(|e| r.corrupt(ChunkPtr::default(), e))?,
+            );
+        }
+        let max_key = entries.last().map(|(k, _)| k.clone()).unwrap_or_default();
+        let ptr = w.write(Node::Leaf(entries));
+        self.push_ref(
+            w,
+            0,
+            ChildRef {
+                max_key,
+                ptr,
+                reduce,
+            },
+        );
+        Ok(())
+    }
+
+    fn push_ref(&mut self, w: &mut NodeWriter<'_>, level: usize, c: ChildRef) {
+        if self.levels.len() <= level {
+            self.levels.push((Vec::new(), 0));
+        }
+        let s = child_entry_size(&c);
+        let full = {
+            let (refs, size) = &self.levels[level];
+            !refs.is_empty() && size + s > w.node_size
+        };
+        if full {
+            let refs = std::mem::take(&mut self.levels[level].0);
+            self.levels[level].1 = 0;
+            let up = write_one_interior(w, refs);
+            self.push_ref(w, level + 1, up);
+        }
+        let (refs, size) = &mut self.levels[level];
+        refs.push(c);
+        *size += s;
+    }
+
+    /// Finishes the tree and returns its root.
+    pub fn finish(mut self, r: &dyn NodeRead, w: &mut NodeWriter<'_>) -> StoreResult<Option<Root>> {
+        if !self.leaf.is_empty() {
+            self.flush_leaf(r, w)?;
+        }
+        let mut level = 0;
+        while level < self.levels.len() {
+            let refs = std::mem::take(&mut self.levels[level].0);
+            let top = level + 1 == self.levels.len();
+            if top && refs.len() == 1 {
+                let c = &refs[0];
+                return Ok(Some(Root {
+                    ptr: c.ptr,
+                    reduce: c.reduce,
+                }));
+            }
+            if !refs.is_empty() {
+                let up = write_one_interior(w, refs);
+                self.push_ref(w, level + 1, up);
+            }
+            level += 1;
+        }
+        Ok(None)
+    }
+}
+
+fn write_one_interior(w: &mut NodeWriter<'_>, refs: Vec<ChildRef>) -> ChildRef {
+    let reduce = refs.iter().fold(Reduce::default(), |a, c| a.plus(c.reduce));
+    let max_key = refs.last().map(|c| c.max_key.clone()).unwrap_or_default();
+    let ptr = w.write(Node::Interior(refs));
+    ChildRef {
+        max_key,
+        ptr,
+        reduce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::read_chunk;
+    use crate::io::{FileIo, Io};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// Reads nodes straight from a test file.
+    struct TestReader {
+        file: FileIo,
+    }
+
+    impl NodeRead for TestReader {
+        fn read_node(&self, ptr: ChunkPtr) -> StoreResult<Arc<Node>> {
+            let len = self.file.size()?;
+            let payload = read_chunk(&self.file, len, ptr)?;
+            Node::decode(&payload)
+                .map(Arc::new)
+                .map_err(|e| self.corrupt(ptr, e))
+        }
+
+        fn corrupt(&self, ptr: ChunkPtr, e: crate::codec::DecodeError) -> kvstore_core::StoreError {
+            kvstore_core::StoreError::corrupt(self.file.path(), ptr.offset, e.kind())
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, TestReader) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FileIo::create(&dir.path().join("t"), Io::default()).unwrap();
+        (dir, TestReader { file })
+    }
+
+    fn apply(
+        r: &TestReader,
+        root: Option<Root>,
+        actions: &[Action],
+        node_size: usize,
+    ) -> (Option<Root>, Vec<Bytes>) {
+        let base = r.file.size().unwrap();
+        let mut out = PhysWriter::new(base);
+        let mut w = NodeWriter::new(&mut out, Compression::Lz4, node_size, false);
+        let mut replaced = Vec::new();
+        let root = modify(r, &mut w, TreeKind::Local, root, actions, &mut |k, _| {
+            replaced.push(k.clone());
+        })
+        .unwrap();
+        out.flush_to(&r.file).unwrap();
+        (root, replaced)
+    }
+
+    fn contents(r: &TestReader, root: Option<&Root>) -> Vec<(Bytes, Bytes)> {
+        let mut v = Vec::new();
+        iterate(r, root, b"", None, &mut |k, val| {
+            v.push((k.clone(), val.clone()));
+            Ok(true)
+        })
+        .unwrap();
+        v
+    }
+
+    fn depth_ok(r: &TestReader, ptr: ChunkPtr) -> usize {
+        match &*r.read_node(ptr).unwrap() {
+            Node::Leaf(_) => 1,
+            Node::Interior(c) => {
+                let depths: Vec<usize> = c.iter().map(|c| depth_ok(r, c.ptr)).collect();
+                assert!(
+                    depths.windows(2).all(|w| w[0] == w[1]),
+                    "unbalanced: {depths:?}"
+                );
+                depths[0] + 1
+            }
+        }
+    }
+
+    #[test]
+    fn split_even_groups() {
+        let g = split_even(&[10; 10], 30);
+        assert_eq!(g.iter().sum::<usize>(), 10);
+        assert!(g.iter().all(|&n| (2..=3).contains(&n)), "{g:?}");
+        assert_eq!(split_even(&[100], 30), vec![1]);
+        assert_eq!(split_even(&[100, 100], 30), vec![1, 1]);
+        assert!(split_even(&[], 30).is_empty());
+        // Sizes that fit one node stay in one node.
+        assert_eq!(split_even(&[10, 10, 10], 30), vec![3]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn modify_matches_a_btreemap(
+            batches in proptest::collection::vec(
+                proptest::collection::btree_map(0u16..2000, proptest::option::of(0usize..60), 1..200),
+                1..8,
+            ),
+            node_size in prop_oneof![Just(64usize), Just(300), Just(4096)],
+        ) {
+            let (_d, r) = setup();
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut root = None;
+            for batch in batches {
+                let actions: Vec<Action> = batch
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = Bytes::from(format!("{k:05}"));
+                        match v {
+                            Some(n) => Action::Put(key, Bytes::from(vec![*n as u8; *n])),
+                            None => Action::Remove(key),
+                        }
+                    })
+                    .collect();
+                let mut expect_replaced = Vec::new();
+                for a in &actions {
+                    if model.contains_key(&a.key()[..]) {
+                        expect_replaced.push(a.key().clone());
+                    }
+                    match a {
+                        Action::Put(k, v) => { model.insert(k.to_vec(), v.to_vec()); }
+                        Action::Remove(k) => { model.remove(&k[..]); }
+                    }
+                }
+                let (new_root, replaced) = apply(&r, root, &actions, node_size);
+                root = new_root;
+                prop_assert_eq!(replaced, expect_replaced);
+                let got = contents(&r, root.as_ref());
+                let want: Vec<(Bytes, Bytes)> = model
+                    .iter()
+                    .map(|(k, v)| (Bytes::from(k.clone()), Bytes::from(v.clone())))
+                    .collect();
+                prop_assert_eq!(&got, &want);
+                match &root {
+                    None => prop_assert!(model.is_empty()),
+                    Some(rt) => {
+                        prop_assert_eq!(rt.reduce.live, model.len() as u64);
+                        let bytes: u64 = model.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+                        prop_assert_eq!(rt.reduce.bytes, bytes);
+                        depth_ok(&r, rt.ptr);
+                    }
+                }
+                for probe in [0u16, 7, 999, 1999] {
+                    let k = format!("{probe:05}");
+                    let got = lookup(&r, root.as_ref(), k.as_bytes()).unwrap();
+                    prop_assert_eq!(got.map(|b| b.to_vec()), model.get(k.as_bytes()).cloned());
+                }
+                // Bounded iteration.
+                let mut seen = Vec::new();
+                iterate(&r, root.as_ref(), b"00500", Some(b"01000"), &mut |k, _| {
+                    seen.push(k.clone());
+                    Ok(true)
+                }).unwrap();
+                let want: Vec<Bytes> = model
+                    .range(b"00500".to_vec()..b"01000".to_vec())
+                    .map(|(k, _)| Bytes::from(k.clone()))
+                    .collect();
+                prop_assert_eq!(seen, want);
+            }
+        }
+
+        #[test]
+        fn builder_matches_input(n in 0usize..3000, node_size in prop_oneof![Just(64usize), Just(4096)]) {
+            let (_d, r) = setup();
+            let mut out = PhysWriter::new(0);
+            let mut w = NodeWriter::new(&mut out, Compression::Snappy, node_size, false);
+            let mut b = Builder::new(TreeKind::Local);
+            let entries: Vec<(Bytes, Bytes)> = (0..n)
+                .map(|i| (Bytes::from(format!("{i:06}")), Bytes::from(vec![1u8; i % 13])))
+                .collect();
+            for (k, v) in &entries {
+                b.push(&r, &mut w, k.clone(), v.clone()).unwrap();
+            }
+            let root = b.finish(&r, &mut w).unwrap();
+            out.flush_to(&r.file).unwrap();
+            prop_assert_eq!(contents(&r, root.as_ref()), entries.clone());
+            if let Some(rt) = root {
+                prop_assert_eq!(rt.reduce.live, n as u64);
+                depth_ok(&r, rt.ptr);
+            } else {
+                prop_assert_eq!(n, 0);
+            }
+        }
+    }
+}
