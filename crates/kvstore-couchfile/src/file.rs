@@ -132,8 +132,10 @@ impl CouchFile {
         let torn_bytes = len.saturating_sub(end);
         if torn_bytes > 0 && writable {
             tracing::warn!(path = %path.display(), torn_bytes, "cutting off a torn final commit");
+            // No sync needed: if a crash loses the truncation, the tail is
+            // torn again and ignored again; the next commit's sync makes the
+            // new length durable along with its data.
             fio.truncate(end)?;
-            fio.sync()?;
         }
         let file = CouchFile::new(fio, cache, end);
         Ok(Opened {
