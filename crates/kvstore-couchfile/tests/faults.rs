@@ -5,7 +5,7 @@
 
 mod common;
 
-use kvstore_core::{CompactionConfig, KvStore, Seqno, StoreError, VbStore, Vbid};
+use kvstore_core::{CompactionConfig, KvStore, Seqno, StoreError, Vbid};
 use kvstore_couchfile::{CouchConfig, CouchStore, FaultInjector};
 use std::sync::Arc;
 
