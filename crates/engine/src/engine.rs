@@ -1,0 +1,812 @@
+//! The engine: warmup, document operations, vbucket lifecycle, stats.
+//!
+//! # Memory policy: full eviction
+//!
+//! Memory holds only what is not yet on disk: the dirty items of each
+//! vbucket and the batch the flusher is committing. Once committed, an item
+//! is read from the store, whose own cache (the couchfile node cache, or
+//! RocksDB's block cache) keeps hot data in memory. So the engine's memory is
+//! bounded by the quota on dirty items, whatever the data set size, and
+//! nothing acknowledged is ever dropped to make room: writes get
+//! `TemporaryFailure` instead until the flusher catches up.
+
+use crate::config::{Backend, EngineConfig};
+use crate::cookie::{CookieId, CookieTable, MutationResult, Notifier, Outcome, Waiting};
+use crate::deleter::Deleter;
+use crate::error::{EngineError, EngineResult};
+use crate::flusher::{FlushQueue, Flushed, flush_vbucket};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock, thread};
+use crate::vbmap::{VBucketMap, VbGuard};
+use crate::vbucket::{VBucket, VbData, item_bytes};
+use bytes::Bytes;
+use kvstore_core::{
+    Cas, CompactionConfig, CompactionResult, Datatype, DeleteSource, DiskKey, DocMeta, Document,
+    KvStore, MemStore, RevSeqno, Seqno, StoreInfo, VbState, Vbid,
+};
+use std::time::Duration;
+
+/// Memcached's rule: an expiry up to 30 days is relative to now.
+const RELATIVE_EXPIRY_MAX: u32 = 30 * 24 * 3600;
+
+/// Options of a mutation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Only apply if the document's CAS matches (0: no check).
+    pub cas: Cas,
+    /// Client flags.
+    pub flags: u32,
+    /// Expiry: 0 never; up to 30 days, seconds from now; else absolute Unix
+    /// time.
+    pub expiry: u32,
+    /// The value's datatype bits.
+    pub datatype: Datatype,
+    /// Return only once the write is persisted (through the would-block
+    /// protocol).
+    pub durable: bool,
+}
+
+/// How a store call treats an existing document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Upsert.
+    Set,
+    /// Only if absent.
+    Add,
+    /// Only if present.
+    Replace,
+}
+
+/// A document read by [`Engine::get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The key.
+    pub key: DiskKey,
+    /// The value.
+    pub value: Bytes,
+    /// The metadata.
+    pub meta: DocMeta,
+}
+
+/// Counters and sizes of one vbucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VbStats {
+    /// The vbucket.
+    pub vbid: Vbid,
+    /// Its state.
+    pub state: VbState,
+    /// The highest seqno handed out.
+    pub high_seqno: Seqno,
+    /// The highest seqno persisted.
+    pub persisted_seqno: Seqno,
+    /// Live documents.
+    pub items: u64,
+    /// Items waiting for the flusher (and in the batch being flushed).
+    pub dirty_items: u64,
+    /// Bytes of those items.
+    pub dirty_bytes: u64,
+    /// Flush commits so far.
+    pub flush_batches: u64,
+    /// Items committed by the flusher so far.
+    pub flushed_items: u64,
+    /// Time spent in flush commits.
+    pub flush_time: Duration,
+    /// Failed flush commits so far.
+    pub flush_failures: u64,
+    /// The last flush error, until a flush succeeds.
+    pub flush_error: Option<String>,
+    /// The store's counts and sizes.
+    pub disk: StoreInfo,
+}
+
+/// Engine-wide counters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineStats {
+    /// Vbuckets present.
+    pub vbuckets: usize,
+    /// Live documents.
+    pub items: u64,
+    /// Items waiting for the flusher.
+    pub dirty_items: u64,
+    /// Bytes of dirty items (what the quota limits).
+    pub memory_used: u64,
+    /// The memory quota.
+    pub memory_quota: u64,
+    /// Flush commits so far.
+    pub flush_batches: u64,
+    /// Items committed by the flusher so far.
+    pub flushed_items: u64,
+    /// Time spent in flush commits.
+    pub flush_time: Duration,
+    /// Failed flush commits so far.
+    pub flush_failures: u64,
+    /// Bytes the stores take on disk.
+    pub disk_bytes: u64,
+    /// Vbucket deletions waiting for their last guard or running.
+    pub pending_deletions: usize,
+    /// Cookies with parked state.
+    pub cookies: usize,
+}
+
+/// The dirty-item memory budget.
+#[derive(Debug)]
+pub(crate) struct MemTracker {
+    used: AtomicU64,
+    quota: u64,
+}
+
+impl MemTracker {
+    fn try_reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.quota).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// What the engine's threads share.
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) kv: std::sync::Arc<dyn KvStore>,
+    pub(crate) map: VBucketMap,
+    pub(crate) deleter: Arc<Deleter>,
+    pub(crate) cookies: Arc<CookieTable>,
+    pub(crate) flusher: FlushQueue,
+    pub(crate) memory: MemTracker,
+    shutting_down: AtomicBool,
+    uuid_seed: AtomicU64,
+}
+
+/// The engine. See the crate docs.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.shared.kv.backend_name())
+            .field("data_dir", &self.shared.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_backend(config: &EngineConfig) -> EngineResult<std::sync::Arc<dyn KvStore>> {
+    Ok(match &config.backend {
+        Backend::Couchfile(c) => std::sync::Arc::new(kvstore_couchfile::CouchStore::open(
+            &config.data_dir,
+            c.clone(),
+        )?),
+        Backend::Memory => std::sync::Arc::new(MemStore::new()),
+    })
+}
+
+impl Engine {
+    /// Opens the backend and warms up: every vbucket found on disk comes
+    /// back with its state, high seqno, CAS and item count. Stale revisions
+    /// and temporary files are removed. A vbucket whose store fails to open
+    /// fails the warmup with an error naming it.
+    pub fn open(
+        config: EngineConfig,
+        notifier: std::sync::Arc<dyn Notifier>,
+    ) -> EngineResult<Self> {
+        let kv = open_backend(&config)?;
+        let cookies = Arc::new(CookieTable::new(notifier));
+        let deleter = Deleter::new();
+        let map = VBucketMap::new(config.vbuckets);
+        let found = kv.discover()?;
+        let started = std::time::Instant::now();
+        for (vbid, revision) in &found {
+            if usize::from(vbid.0) >= config.vbuckets {
+                tracing::warn!(%vbid, "vbucket on disk is beyond the configured count; left alone");
+                continue;
+            }
+            let store = kv.open(*vbid, *revision)?;
+            let info = store.info()?;
+            let state = store.vbstate()?.unwrap_or_default();
+            let data = VbData {
+                state: state.state,
+                high_seqno: info.high_seqno.0,
+                max_cas: state.max_cas.0,
+                failover: state.failover,
+                live_items: info.live_items,
+                ..VbData::default()
+            };
+            let vb = VBucket::new(
+                store,
+                std::sync::Arc::clone(&kv),
+                Arc::clone(&deleter),
+                Arc::clone(&cookies),
+                data,
+                info.high_seqno,
+            );
+            if let Err((_, e)) = map.insert(vb) {
+                return Err(e);
+            }
+        }
+        tracing::info!(vbuckets = found.len(), backend = kv.backend_name(), elapsed = ?started.elapsed(), "warmup done");
+        let shared = Arc::new(Shared {
+            memory: MemTracker {
+                used: AtomicU64::new(0),
+                quota: config.memory_quota,
+            },
+            config,
+            kv,
+            map,
+            deleter,
+            cookies,
+            flusher: FlushQueue::default(),
+            shutting_down: AtomicBool::new(false),
+            uuid_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+        });
+        let mut threads = Vec::new();
+        {
+            let s = Arc::clone(&shared);
+            threads.push(thread::spawn(move || s.deleter.run_worker()));
+        }
+        for _ in 0..shared.config.flusher_threads.max(1) {
+            let s = Arc::clone(&shared);
+            threads.push(thread::spawn(move || s.flusher.worker(&s)));
+        }
+        Ok(Engine {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    fn check_running(&self) -> EngineResult<()> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// The backend's name.
+    #[must_use]
+    pub fn backend_name(&self) -> &'static str {
+        self.shared.kv.backend_name()
+    }
+
+    /// A guard on a vbucket, for direct access to its store (scans,
+    /// compaction) while keeping it alive.
+    pub fn vbucket(&self, vbid: Vbid) -> EngineResult<VbGuard> {
+        self.shared.map.get(vbid)
+    }
+
+    fn active(&self, vbid: Vbid) -> EngineResult<VbGuard> {
+        self.check_running()?;
+        let vb = self.shared.map.get(vbid)?;
+        if vb.state() != VbState::Active {
+            return Err(EngineError::NotMyVbucket(vbid));
+        }
+        Ok(vb)
+    }
+
+    fn now(&self) -> u32 {
+        self.shared.config.clock.now_secs()
+    }
+
+    fn absolute_expiry(&self, expiry: u32) -> u32 {
+        match expiry {
+            0 => 0,
+            e if e <= RELATIVE_EXPIRY_MAX => self.now().saturating_add(e),
+            e => e,
+        }
+    }
+
+    fn is_expired(&self, doc: &Document, now: u32) -> bool {
+        !doc.is_deleted() && doc.meta.expiry != 0 && doc.meta.expiry <= now
+    }
+
+    /// Reads a document. An expired document reads as missing, and is
+    /// deleted with a TTL tombstone.
+    pub fn get(&self, vbid: Vbid, key: &DiskKey) -> EngineResult<Item> {
+        let vb = self.active(vbid)?;
+        let doc = {
+            let d = lock(&vb.data);
+            d.memory(key).cloned()
+        };
+        let doc = match doc {
+            Some(doc) => Some(doc),
+            None => vb.store().get(key)?,
+        };
+        let Some(doc) = doc.filter(|d| !d.is_deleted()) else {
+            return Err(EngineError::KeyNotFound);
+        };
+        if self.is_expired(&doc, self.now()) {
+            self.expire(&vb, key)?;
+            return Err(EngineError::KeyNotFound);
+        }
+        Ok(Item {
+            key: doc.key,
+            value: doc.value,
+            meta: doc.meta,
+        })
+    }
+
+    /// Replaces an expired document with a tombstone marked as a TTL
+    /// deletion (if it is still the expired version).
+    fn expire(&self, vb: &VbGuard, key: &DiskKey) -> EngineResult<()> {
+        let now = self.now();
+        let (mut d, current) = vb.current(key)?;
+        let Some(cur) = current.filter(|c| self.is_expired(c, now)) else {
+            return Ok(());
+        };
+        let seqno = d.next_seqno();
+        let cas = d.next_cas(self.shared.config.clock.now_nanos());
+        let tomb = Document {
+            key: key.clone(),
+            meta: DocMeta {
+                cas,
+                rev_seqno: RevSeqno(cur.meta.rev_seqno.0 + 1),
+                seqno,
+                flags: cur.meta.flags,
+                expiry: now,
+                datatype: Datatype::RAW,
+                deleted: Some(DeleteSource::Ttl),
+            },
+            value: Bytes::new(),
+        };
+        d.live_items = d.live_items.saturating_sub(1);
+        self.put_dirty(&mut d, tomb, true);
+        drop(d);
+        self.shared.flusher.schedule(vb);
+        Ok(())
+    }
+
+    /// Reserves quota for a new dirty item, or fails with
+    /// `TemporaryFailure` (and nudges the flusher).
+    fn reserve(&self, vb: &VBucket, bytes: u64) -> EngineResult<()> {
+        if self.shared.memory.try_reserve(bytes) {
+            return Ok(());
+        }
+        self.shared.flusher.schedule(vb);
+        Err(EngineError::TemporaryFailure(format!(
+            "memory quota of {} bytes is full; retry once the flusher catches up",
+            self.shared.memory.quota
+        )))
+    }
+
+    /// Adds `doc` to the dirty queue, replacing (and un-counting) any dirty
+    /// version of its key. Its bytes must be reserved already, or `force`d:
+    /// deletions always go in, since refusing them frees nothing.
+    fn put_dirty(&self, d: &mut VbData, doc: Document, force: bool) {
+        let bytes = item_bytes(&doc);
+        if force {
+            self.shared.memory.used.fetch_add(bytes, Ordering::AcqRel);
+        }
+        d.dirty_bytes += bytes;
+        if let Some(old) = d.dirty.insert(doc.key.clone(), doc) {
+            let b = item_bytes(&old);
+            d.dirty_bytes -= b;
+            self.shared.memory.release(b);
+        }
+    }
+
+    /// Collects the result of a durable call parked under `cookie`, if any.
+    fn collected(&self, cookie: CookieId) -> Option<EngineResult<MutationResult>> {
+        self.shared.cookies.collect(cookie).map(|r| {
+            r.and_then(|o| match o {
+                Outcome::Mutation(m) => Ok(m),
+                Outcome::Done => Err(EngineError::InvalidArguments(format!(
+                    "cookie {cookie} was parked by another kind of call"
+                ))),
+            })
+        })
+    }
+
+    fn validate(&self, value: &[u8], datatype: Datatype) -> EngineResult<()> {
+        if value.len() > self.shared.config.max_value_size {
+            return Err(EngineError::TooBig {
+                size: value.len(),
+                max: self.shared.config.max_value_size,
+            });
+        }
+        if !datatype.is_valid() {
+            return Err(EngineError::InvalidArguments(format!(
+                "unknown datatype bits {:#04x}",
+                datatype.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores a document (set, add or replace), optionally CAS-checked and
+    /// durable. A durable store returns `WouldBlock` until persisted; the
+    /// caller re-issues it with the same cookie to collect the result.
+    pub fn store(
+        &self,
+        cookie: CookieId,
+        vbid: Vbid,
+        mode: StoreMode,
+        key: &DiskKey,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> EngineResult<MutationResult> {
+        if opts.durable
+            && let Some(r) = self.collected(cookie)
+        {
+            return r;
+        }
+        self.validate(&value, opts.datatype)?;
+        let vb = self.active(vbid)?;
+        let now = self.now();
+        let expiry = self.absolute_expiry(opts.expiry);
+        let (mut d, current) = vb.current(key)?;
+        if d.state != VbState::Active {
+            return Err(EngineError::NotMyVbucket(vbid));
+        }
+        let live = current
+            .as_ref()
+            .filter(|c| !c.is_deleted() && !self.is_expired(c, now));
+        match (mode, live) {
+            (StoreMode::Add, Some(_)) => return Err(EngineError::KeyExists),
+            (StoreMode::Replace, None) => return Err(EngineError::KeyNotFound),
+            _ => {}
+        }
+        if opts.cas != Cas(0) {
+            match live {
+                None => return Err(EngineError::KeyNotFound),
+                Some(c) if c.meta.cas != opts.cas => return Err(EngineError::KeyExists),
+                Some(_) => {}
+            }
+        }
+        let was_live = live.is_some();
+        let rev_seqno = current.as_ref().map_or(1, |c| c.meta.rev_seqno.0 + 1);
+        let mut doc = Document {
+            key: key.clone(),
+            meta: DocMeta {
+                cas: Cas(0),
+                rev_seqno: RevSeqno(rev_seqno),
+                seqno: Seqno(0),
+                flags: opts.flags,
+                expiry,
+                datatype: opts.datatype,
+                deleted: None,
+            },
+            value,
+        };
+        // Reserve memory before taking a seqno, so a refused write leaves no
+        // gap.
+        self.reserve(&vb, item_bytes(&doc))?;
+        doc.meta.seqno = d.next_seqno();
+        doc.meta.cas = d.next_cas(self.shared.config.clock.now_nanos());
+        let result = MutationResult {
+            cas: doc.meta.cas,
+            seqno: doc.meta.seqno,
+            vbucket_uuid: d.uuid(),
+        };
+        self.put_dirty(&mut d, doc, false);
+        if !was_live {
+            d.live_items += 1;
+        }
+        self.finish_write(cookie, &vb, d, result, opts.durable)
+    }
+
+    /// Parks a durable write's cookie (under the data lock, so the flusher
+    /// cannot complete the seqno before the cookie is parked) and schedules
+    /// the flush.
+    fn finish_write(
+        &self,
+        cookie: CookieId,
+        vb: &VbGuard,
+        mut d: crate::sync::MutexGuard<'_, VbData>,
+        result: MutationResult,
+        durable: bool,
+    ) -> EngineResult<MutationResult> {
+        let blocked = if durable {
+            self.shared.cookies.park(
+                cookie,
+                Waiting::Persist {
+                    vbid: vb.vbid(),
+                    seqno: result.seqno,
+                    result,
+                },
+            )?;
+            d.persist_waiters
+                .entry(result.seqno.0)
+                .or_default()
+                .push(cookie);
+            true
+        } else {
+            false
+        };
+        drop(d);
+        self.shared.flusher.schedule(vb);
+        if blocked {
+            Err(EngineError::WouldBlock)
+        } else {
+            Ok(result)
+        }
+    }
+
+    /// Upsert.
+    pub fn set(
+        &self,
+        cookie: CookieId,
+        vbid: Vbid,
+        key: &DiskKey,
+        value: impl Into<Bytes>,
+        opts: WriteOptions,
+    ) -> EngineResult<MutationResult> {
+        self.store(cookie, vbid, StoreMode::Set, key, value.into(), opts)
+    }
+
+    /// Insert only if absent.
+    pub fn add(
+        &self,
+        cookie: CookieId,
+        vbid: Vbid,
+        key: &DiskKey,
+        value: impl Into<Bytes>,
+        opts: WriteOptions,
+    ) -> EngineResult<MutationResult> {
+        self.store(cookie, vbid, StoreMode::Add, key, value.into(), opts)
+    }
+
+    /// Update only if present.
+    pub fn replace(
+        &self,
+        cookie: CookieId,
+        vbid: Vbid,
+        key: &DiskKey,
+        value: impl Into<Bytes>,
+        opts: WriteOptions,
+    ) -> EngineResult<MutationResult> {
+        self.store(cookie, vbid, StoreMode::Replace, key, value.into(), opts)
+    }
+
+    /// Deletes a document (a tombstone), optionally CAS-checked and durable.
+    pub fn delete(
+        &self,
+        cookie: CookieId,
+        vbid: Vbid,
+        key: &DiskKey,
+        cas: Cas,
+        durable: bool,
+    ) -> EngineResult<MutationResult> {
+        if durable && let Some(r) = self.collected(cookie) {
+            return r;
+        }
+        let vb = self.active(vbid)?;
+        let now = self.now();
+        let (mut d, current) = vb.current(key)?;
+        let Some(cur) = current.filter(|c| !c.is_deleted() && !self.is_expired(c, now)) else {
+            return Err(EngineError::KeyNotFound);
+        };
+        if cas != Cas(0) && cur.meta.cas != cas {
+            return Err(EngineError::KeyExists);
+        }
+        let seqno = d.next_seqno();
+        let new_cas = d.next_cas(self.shared.config.clock.now_nanos());
+        let tomb = Document {
+            key: key.clone(),
+            meta: DocMeta {
+                cas: new_cas,
+                rev_seqno: RevSeqno(cur.meta.rev_seqno.0 + 1),
+                seqno,
+                flags: cur.meta.flags,
+                expiry: now,
+                datatype: Datatype::RAW,
+                deleted: Some(DeleteSource::Explicit),
+            },
+            value: Bytes::new(),
+        };
+        let result = MutationResult {
+            cas: new_cas,
+            seqno,
+            vbucket_uuid: d.uuid(),
+        };
+        self.put_dirty(&mut d, tomb, true);
+        d.live_items = d.live_items.saturating_sub(1);
+        self.finish_write(cookie, &vb, d, result, durable)
+    }
+
+    /// Creates a vbucket (its store gets a new revision) in `state`. The
+    /// state is durable when this returns.
+    pub fn create_vbucket(&self, vbid: Vbid, state: VbState) -> EngineResult<()> {
+        self.check_running()?;
+        if usize::from(vbid.0) >= self.shared.map.capacity() {
+            return Err(EngineError::NotMyVbucket(vbid));
+        }
+        if self.shared.map.get(vbid).is_ok() {
+            return Err(EngineError::VbucketExists(vbid));
+        }
+        let uuid = self
+            .shared
+            .uuid_seed
+            .fetch_add(0x6a09_e667_f3bc_c909, Ordering::Relaxed)
+            ^ self.shared.config.clock.now_nanos();
+        let vb = VBucket::create(
+            vbid,
+            state,
+            std::sync::Arc::clone(&self.shared.kv),
+            Arc::clone(&self.shared.deleter),
+            Arc::clone(&self.shared.cookies),
+            uuid,
+        )?;
+        match self.shared.map.insert(vb) {
+            Ok(_) => Ok(()),
+            Err((vb, e)) => {
+                // Lost a race with another create: remove ours.
+                vb.mark_deleting();
+                drop(vb);
+                Err(e)
+            }
+        }
+    }
+
+    /// Changes a vbucket's state; persisted by the next flush.
+    pub fn set_vbucket_state(&self, vbid: Vbid, state: VbState) -> EngineResult<()> {
+        self.check_running()?;
+        let vb = self.shared.map.get(vbid)?;
+        {
+            let mut d = lock(&vb.data);
+            d.state = state;
+            d.state_dirty = true;
+        }
+        self.shared.flusher.schedule(&vb);
+        Ok(())
+    }
+
+    /// Deletes a vbucket without waiting for operations in flight; its files
+    /// are removed after the last of them finishes. With a cookie, returns
+    /// `WouldBlock` and notifies the cookie when the files are gone; the
+    /// caller re-issues the call to collect the result.
+    pub fn delete_vbucket(&self, cookie: Option<CookieId>, vbid: Vbid) -> EngineResult<()> {
+        if let Some(c) = cookie
+            && let Some(r) = self.shared.cookies.collect(c)
+        {
+            return r.map(|_| ());
+        }
+        self.check_running()?;
+        self.shared
+            .map
+            .delete(vbid, cookie.map(|c| (c, &*self.shared.cookies)))
+    }
+
+    /// The caller behind `cookie` is gone: frees any state parked under it.
+    pub fn release_cookie(&self, cookie: CookieId) {
+        if self.shared.cookies.release(cookie) {
+            tracing::debug!(cookie, "released the state of a departed cookie");
+        }
+    }
+
+    /// Compacts a vbucket's store; a vbucket delete stops it.
+    pub fn compact(
+        &self,
+        vbid: Vbid,
+        mut config: CompactionConfig,
+    ) -> EngineResult<CompactionResult> {
+        self.check_running()?;
+        let vb = self.shared.map.get(vbid)?;
+        config.cancel = Some(vb.compaction.clone());
+        Ok(vb.store().compact(&config)?)
+    }
+
+    /// Flushes every vbucket now, in the calling thread. Returns the first
+    /// flush error (the items stay dirty and are retried).
+    pub fn flush(&self) -> EngineResult<()> {
+        let mut first_err = None;
+        for vb in self.shared.map.guards() {
+            if let Flushed::Failed(msg) = flush_vbucket(&vb, &self.shared) {
+                first_err.get_or_insert(EngineError::TemporaryFailure(msg));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Waits until the background flusher has nothing queued or running.
+    pub fn wait_for_flusher(&self) {
+        self.shared.flusher.wait_idle();
+    }
+
+    /// Waits until every pending vbucket deletion is done.
+    pub fn wait_for_deletions(&self) {
+        self.shared.deleter.wait_idle();
+    }
+
+    /// The deletion queue (for its records of destroyed revisions).
+    #[must_use]
+    pub fn deleter(&self) -> &Deleter {
+        &self.shared.deleter
+    }
+
+    /// One vbucket's stats.
+    pub fn vbucket_stats(&self, vbid: Vbid) -> EngineResult<VbStats> {
+        let vb = self.shared.map.get(vbid)?;
+        Self::stats_of(&vb)
+    }
+
+    fn stats_of(vb: &VBucket) -> EngineResult<VbStats> {
+        let disk = vb.store().info()?;
+        let d = lock(&vb.data);
+        let dirty = d.dirty.len() + d.flushing.as_ref().map_or(0, |f| f.len());
+        Ok(VbStats {
+            vbid: vb.vbid(),
+            state: d.state,
+            high_seqno: Seqno(d.high_seqno),
+            persisted_seqno: vb.persisted_seqno(),
+            items: d.live_items,
+            dirty_items: dirty as u64,
+            dirty_bytes: d.dirty_bytes,
+            flush_batches: vb.counters.batches.load(Ordering::Relaxed),
+            flushed_items: vb.counters.items.load(Ordering::Relaxed),
+            flush_time: Duration::from_nanos(vb.counters.nanos.load(Ordering::Relaxed)),
+            flush_failures: vb.counters.failures.load(Ordering::Relaxed),
+            flush_error: d.flush_error.clone(),
+            disk,
+        })
+    }
+
+    /// Engine-wide stats.
+    pub fn stats(&self) -> EngineStats {
+        let mut s = EngineStats {
+            memory_used: self.shared.memory.used(),
+            memory_quota: self.shared.memory.quota,
+            pending_deletions: self.shared.deleter.pending(),
+            cookies: self.shared.cookies.len(),
+            ..EngineStats::default()
+        };
+        for vb in self.shared.map.guards() {
+            s.vbuckets += 1;
+            if let Ok(v) = Self::stats_of(&vb) {
+                s.items += v.items;
+                s.dirty_items += v.dirty_items;
+                s.flush_batches += v.flush_batches;
+                s.flushed_items += v.flushed_items;
+                s.flush_time += v.flush_time;
+                s.flush_failures += v.flush_failures;
+                s.disk_bytes += v.disk.file_bytes;
+            }
+        }
+        s
+    }
+
+    /// Flushes everything, stops the background threads, and lets go of the
+    /// vbuckets (nothing is deleted). Pending deletions finish first.
+    pub fn shutdown(self) -> EngineResult<()> {
+        let flushed = self.flush();
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.flusher.shutdown();
+        self.shared.deleter.shutdown();
+        for t in std::mem::take(&mut *lock(&self.threads)) {
+            if t.join().is_err() {
+                tracing::error!("a background thread panicked");
+            }
+        }
+        // Anything queued after the threads stopped.
+        self.shared.deleter.run_pending();
+        drop(self.shared.map.clear());
+        tracing::info!("engine shut down");
+        flushed
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        if threads.is_empty() {
+            return;
+        }
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.flusher.shutdown();
+        self.shared.deleter.shutdown();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}

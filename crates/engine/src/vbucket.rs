@@ -1,0 +1,283 @@
+//! One vbucket incarnation: its store handle, its in-memory state (seqnos,
+//! CAS, the dirty queue), and the deferred deletion that runs when the last
+//! reference to a deleted incarnation drops.
+
+use crate::cookie::{CookieId, CookieTable};
+use crate::deleter::{Deleter, DeletionJob};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use kvstore_core::{
+    CancelToken, Cas, DiskKey, Document, FailoverEntry, KvStore, Seqno, StoreResult, VbState,
+    VbStore, Vbid, VbucketState,
+};
+use std::collections::{BTreeMap, HashMap};
+
+/// Bytes an in-memory item costs beyond its key and value.
+pub(crate) const ITEM_OVERHEAD: u64 = 128;
+
+/// What a dirty item costs in memory.
+pub(crate) fn item_bytes(d: &Document) -> u64 {
+    d.key.len() as u64 + d.value.len() as u64 + ITEM_OVERHEAD
+}
+
+/// The mutable in-memory state of a vbucket, behind one lock.
+#[derive(Debug, Default)]
+pub(crate) struct VbData {
+    pub(crate) state: VbState,
+    /// The last seqno handed out.
+    pub(crate) high_seqno: u64,
+    /// The largest CAS handed out.
+    pub(crate) max_cas: u64,
+    pub(crate) failover: Vec<FailoverEntry>,
+    /// Items not yet handed to the flusher, one per key (newest wins).
+    pub(crate) dirty: HashMap<DiskKey, Document>,
+    /// Items the flusher is committing; still readable until it lands.
+    pub(crate) flushing: Option<std::sync::Arc<HashMap<DiskKey, Document>>>,
+    /// Bumped whenever `flushing` is cleared, so a reader that went to disk
+    /// can tell whether a flush landed meanwhile.
+    pub(crate) flush_gen: u64,
+    /// The vbucket state changed and must be persisted.
+    pub(crate) state_dirty: bool,
+    /// Cookies waiting for a seqno to be persisted.
+    pub(crate) persist_waiters: BTreeMap<u64, Vec<CookieId>>,
+    /// Live documents, counting dirty ones.
+    pub(crate) live_items: u64,
+    /// Bytes of dirty and flushing items.
+    pub(crate) dirty_bytes: u64,
+    /// The error of the last failed flush, until one succeeds.
+    pub(crate) flush_error: Option<String>,
+}
+
+impl VbData {
+    /// The state to persist with the next flush.
+    pub(crate) fn vbstate(&self) -> VbucketState {
+        VbucketState {
+            state: self.state,
+            high_seqno: Seqno(self.high_seqno),
+            max_cas: Cas(self.max_cas),
+            failover: self.failover.clone(),
+            ..VbucketState::default()
+        }
+    }
+
+    /// The in-memory version of `key` (dirty, then being flushed).
+    pub(crate) fn memory(&self, key: &DiskKey) -> Option<&Document> {
+        self.dirty
+            .get(key)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
+    }
+
+    /// The next seqno.
+    pub(crate) fn next_seqno(&mut self) -> Seqno {
+        self.high_seqno += 1;
+        Seqno(self.high_seqno)
+    }
+
+    /// A CAS above every CAS handed out, near the clock (a hybrid logical
+    /// clock, as upstream).
+    pub(crate) fn next_cas(&mut self, now_nanos: u64) -> Cas {
+        self.max_cas = now_nanos.max(self.max_cas + 1);
+        Cas(self.max_cas)
+    }
+
+    /// The current failover uuid.
+    pub(crate) fn uuid(&self) -> u64 {
+        self.failover.first().map_or(0, |e| e.uuid)
+    }
+}
+
+/// Counters of one vbucket's flushes.
+#[derive(Debug, Default)]
+pub(crate) struct FlushCounters {
+    pub(crate) batches: AtomicU64,
+    pub(crate) items: AtomicU64,
+    pub(crate) nanos: AtomicU64,
+    pub(crate) failures: AtomicU64,
+}
+
+/// A vbucket incarnation.
+///
+/// Held by the vbucket map while current, and by every [`crate::VbGuard`].
+/// Its store cannot be destroyed while any of them lives: destruction is
+/// queued by `Drop`, which runs after the last one is gone.
+pub struct VBucket {
+    vbid: Vbid,
+    store: std::sync::Arc<dyn VbStore>,
+    kv: std::sync::Arc<dyn KvStore>,
+    deleter: Arc<Deleter>,
+    pub(crate) cookies: Arc<CookieTable>,
+    deleting: AtomicBool,
+    pub(crate) compaction: CancelToken,
+    pub(crate) data: Mutex<VbData>,
+    /// Held for a whole flush: one flush of a vbucket at a time.
+    pub(crate) flush_lock: Mutex<()>,
+    pub(crate) flush_scheduled: AtomicBool,
+    persisted: AtomicU64,
+    delete_waiters: Mutex<Vec<CookieId>>,
+    pub(crate) counters: FlushCounters,
+}
+
+impl std::fmt::Debug for VBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VBucket")
+            .field("vbid", &self.vbid)
+            .field("revision", &self.store.revision())
+            .field("deleting", &self.is_deleting())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VBucket {
+    /// An incarnation over `store`, with state `data` (from warmup or
+    /// creation).
+    pub(crate) fn new(
+        store: std::sync::Arc<dyn VbStore>,
+        kv: std::sync::Arc<dyn KvStore>,
+        deleter: Arc<Deleter>,
+        cookies: Arc<CookieTable>,
+        data: VbData,
+        persisted: Seqno,
+    ) -> Self {
+        VBucket {
+            vbid: store.vbid(),
+            store,
+            kv,
+            deleter,
+            cookies,
+            deleting: AtomicBool::new(false),
+            compaction: CancelToken::new(),
+            data: Mutex::new(data),
+            flush_lock: Mutex::new(()),
+            flush_scheduled: AtomicBool::new(false),
+            persisted: AtomicU64::new(persisted.0),
+            delete_waiters: Mutex::new(Vec::new()),
+            counters: FlushCounters::default(),
+        }
+    }
+
+    /// Creates a new incarnation of `vbid` in the backend, with `state`
+    /// committed durably before it is returned.
+    pub fn create(
+        vbid: Vbid,
+        state: VbState,
+        kv: std::sync::Arc<dyn KvStore>,
+        deleter: Arc<Deleter>,
+        cookies: Arc<CookieTable>,
+        uuid: u64,
+    ) -> StoreResult<Self> {
+        let store = kv.create(vbid)?;
+        let data = VbData {
+            state,
+            failover: vec![FailoverEntry {
+                uuid,
+                seqno: Seqno(0),
+            }],
+            ..VbData::default()
+        };
+        store.commit(kvstore_core::CommitBatch::new().vbstate(data.vbstate()))?;
+        Ok(Self::new(store, kv, deleter, cookies, data, Seqno(0)))
+    }
+
+    /// The vbucket id.
+    #[must_use]
+    pub fn vbid(&self) -> Vbid {
+        self.vbid
+    }
+
+    /// The store of this incarnation.
+    #[must_use]
+    pub fn store(&self) -> &std::sync::Arc<dyn VbStore> {
+        &self.store
+    }
+
+    /// The vbucket's state.
+    #[must_use]
+    pub fn state(&self) -> VbState {
+        lock(&self.data).state
+    }
+
+    /// The highest seqno the flusher has committed.
+    #[must_use]
+    pub fn persisted_seqno(&self) -> Seqno {
+        Seqno(self.persisted.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_persisted(&self, s: Seqno) {
+        self.persisted.fetch_max(s.0, Ordering::AcqRel);
+    }
+
+    /// The highest seqno handed out.
+    #[must_use]
+    pub fn high_seqno(&self) -> Seqno {
+        Seqno(lock(&self.data).high_seqno)
+    }
+
+    /// True once the vbucket was deleted; the incarnation lives on only
+    /// until its last guard drops.
+    #[must_use]
+    pub fn is_deleting(&self) -> bool {
+        self.deleting.load(Ordering::Acquire)
+    }
+
+    /// Marks the incarnation deleted and stops a running compaction of it.
+    pub(crate) fn mark_deleting(&self) {
+        self.deleting.store(true, Ordering::Release);
+        self.compaction.cancel();
+    }
+
+    /// Asks to be told (through `cookie`) when the files are gone.
+    pub(crate) fn notify_on_destroy(&self, cookie: CookieId) {
+        lock(&self.delete_waiters).push(cookie);
+    }
+
+    /// The data lock and the current version of `key`: in memory if it is
+    /// there, else from the store. The disk read happens without the lock;
+    /// if a flush landed meanwhile the lookup is retried, so the version
+    /// returned is current as long as the returned lock is held.
+    pub(crate) fn current(
+        &self,
+        key: &DiskKey,
+    ) -> StoreResult<(MutexGuard<'_, VbData>, Option<Document>)> {
+        loop {
+            let d = lock(&self.data);
+            if let Some(doc) = d.memory(key) {
+                let doc = doc.clone();
+                return Ok((d, Some(doc)));
+            }
+            let generation = d.flush_gen;
+            drop(d);
+            let disk = self.store.get(key)?;
+            let d = lock(&self.data);
+            if d.flush_gen == generation {
+                if let Some(doc) = d.memory(key) {
+                    let doc = doc.clone();
+                    return Ok((d, Some(doc)));
+                }
+                return Ok((d, disk));
+            }
+        }
+    }
+}
+
+impl Drop for VBucket {
+    fn drop(&mut self) {
+        if !self.deleting.load(Ordering::Acquire) {
+            return;
+        }
+        let parked: Vec<CookieId> = {
+            let mut d = lock(&self.data);
+            std::mem::take(&mut d.persist_waiters)
+                .into_values()
+                .flatten()
+                .collect()
+        };
+        let notify = std::mem::take(&mut *lock(&self.delete_waiters));
+        self.deleter.push(DeletionJob {
+            vbid: self.vbid,
+            kv: std::sync::Arc::clone(&self.kv),
+            store: std::sync::Arc::clone(&self.store),
+            parked,
+            notify,
+            cookies: Arc::clone(&self.cookies),
+        });
+    }
+}
