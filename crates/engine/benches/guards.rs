@@ -15,8 +15,15 @@ fn map() -> Arc<VBucketMap> {
     let cookies = Arc::new(CookieTable::new(Arc::new(NoNotify)));
     let map = Arc::new(VBucketMap::new(1024));
     for v in 0..4 {
-        let vb = VBucket::create(Vbid(v), VbState::Active, kv.clone(), deleter.clone(), cookies.clone(), 1)
-            .unwrap();
+        let vb = VBucket::create(
+            Vbid(v),
+            VbState::Active,
+            kv.clone(),
+            deleter.clone(),
+            cookies.clone(),
+            1,
+        )
+        .unwrap();
         map.insert(vb).map_err(|(_, e)| e).unwrap();
     }
     map

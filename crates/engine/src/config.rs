@@ -60,10 +60,10 @@ pub struct EngineConfig {
     pub backend: Backend,
     /// The number of vbucket slots (default 1024).
     pub vbuckets: usize,
-    /// Flusher threads (default 2).
+    /// Flusher threads (default 2). With 0, nothing is flushed until
+    /// [`crate::Engine::flush`] is called (tests use this to control when
+    /// blocked calls complete).
     pub flusher_threads: usize,
-    /// Most items in one flush commit (default 10,000).
-    pub flush_batch_max: usize,
     /// Bytes of dirty items allowed in memory before writes get
     /// `TemporaryFailure` (default 256 MiB).
     pub memory_quota: u64,
@@ -81,7 +81,6 @@ impl EngineConfig {
             backend: Backend::default(),
             vbuckets: 1024,
             flusher_threads: 2,
-            flush_batch_max: 10_000,
             memory_quota: 256 << 20,
             max_value_size: 20 << 20,
             clock: Arc::new(SystemClock),

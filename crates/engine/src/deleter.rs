@@ -40,6 +40,9 @@ pub struct Destroyed {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<DeletionJob>,
+    /// Incarnations marked deleting whose deletion has not finished: those
+    /// still held by guards, those queued and those running.
+    awaiting: usize,
     running: usize,
     shutdown: bool,
     done: Vec<Destroyed>,
@@ -81,6 +84,11 @@ impl Deleter {
         Arc::new(Self::default())
     }
 
+    /// Counts an incarnation just marked deleting.
+    pub(crate) fn announce(&self) {
+        lock(&self.state).awaiting += 1;
+    }
+
     pub(crate) fn push(&self, job: DeletionJob) {
         lock(&self.state).jobs.push_back(job);
         self.cv.notify_all();
@@ -96,6 +104,19 @@ impl Deleter {
             }
         }
         drop(job.store);
+        {
+            // Recorded before anyone is told, so a woken caller sees it.
+            let mut s = lock(&self.state);
+            s.total += 1;
+            if s.done.len() == KEEP_DONE {
+                s.done.remove(0);
+            }
+            s.done.push(Destroyed {
+                vbid: job.vbid,
+                revision,
+                error: result.as_ref().err().map(ToString::to_string),
+            });
+        }
         for c in job.parked {
             job.cookies
                 .complete(c, |_| Err(EngineError::NotMyVbucket(job.vbid)));
@@ -109,18 +130,11 @@ impl Deleter {
                 ))),
             });
         }
-        let mut s = lock(&self.state);
-        s.running -= 1;
-        s.total += 1;
-        if s.done.len() == KEEP_DONE {
-            s.done.remove(0);
+        {
+            let mut s = lock(&self.state);
+            s.running -= 1;
+            s.awaiting = s.awaiting.saturating_sub(1);
         }
-        s.done.push(Destroyed {
-            vbid: job.vbid,
-            revision,
-            error: result.err().map(|e| e.to_string()),
-        });
-        drop(s);
         self.cv.notify_all();
     }
 
@@ -168,10 +182,12 @@ impl Deleter {
         self.cv.notify_all();
     }
 
-    /// Blocks until nothing is queued or running.
+    /// Blocks until every deleted incarnation is destroyed: nothing held by
+    /// a guard, queued or running. (It waits for guards to drop, so do not
+    /// call it while holding one.)
     pub fn wait_idle(&self) {
         let mut s = lock(&self.state);
-        while !s.jobs.is_empty() || s.running > 0 {
+        while s.awaiting > 0 || !s.jobs.is_empty() || s.running > 0 {
             s = wait(&self.cv, s);
         }
     }
@@ -188,10 +204,10 @@ impl Deleter {
         lock(&self.state).total
     }
 
-    /// Deletions queued or running.
+    /// Deleted incarnations not yet destroyed (waiting for their guards,
+    /// queued or running).
     #[must_use]
     pub fn pending(&self) -> usize {
-        let s = lock(&self.state);
-        s.jobs.len() + s.running
+        lock(&self.state).awaiting
     }
 }

@@ -94,8 +94,10 @@ pub struct VbStats {
     pub flush_failures: u64,
     /// The last flush error, until a flush succeeds.
     pub flush_error: Option<String>,
-    /// The store's counts and sizes.
+    /// The store's counts and sizes (zero when the store cannot say).
     pub disk: StoreInfo,
+    /// Why the store could not report its counts (for example, poisoned).
+    pub disk_error: Option<String>,
 }
 
 /// Engine-wide counters.
@@ -257,7 +259,7 @@ impl Engine {
             let s = Arc::clone(&shared);
             threads.push(thread::spawn(move || s.deleter.run_worker()));
         }
-        for _ in 0..shared.config.flusher_threads.max(1) {
+        for _ in 0..shared.config.flusher_threads {
             let s = Arc::clone(&shared);
             threads.push(thread::spawn(move || s.flusher.worker(&s)));
         }
@@ -732,7 +734,10 @@ impl Engine {
     }
 
     fn stats_of(vb: &VBucket) -> EngineResult<VbStats> {
-        let disk = vb.store().info()?;
+        let (disk, disk_error) = match vb.store().info() {
+            Ok(i) => (i, None),
+            Err(e) => (StoreInfo::default(), Some(e.to_string())),
+        };
         let d = lock(&vb.data);
         let dirty = d.dirty.len() + d.flushing.as_ref().map_or(0, |f| f.len());
         Ok(VbStats {
@@ -749,6 +754,7 @@ impl Engine {
             flush_failures: vb.counters.failures.load(Ordering::Relaxed),
             flush_error: d.flush_error.clone(),
             disk,
+            disk_error,
         })
     }
 

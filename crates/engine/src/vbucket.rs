@@ -220,7 +220,9 @@ impl VBucket {
 
     /// Marks the incarnation deleted and stops a running compaction of it.
     pub(crate) fn mark_deleting(&self) {
-        self.deleting.store(true, Ordering::Release);
+        if !self.deleting.swap(true, Ordering::AcqRel) {
+            self.deleter.announce();
+        }
         self.compaction.cancel();
     }
 
