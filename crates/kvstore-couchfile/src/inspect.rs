@@ -145,6 +145,16 @@ pub struct DocInfo {
     pub value: Option<String>,
 }
 
+/// Bytes as text: UTF-8 without control characters as is, anything else
+/// escaped.
+#[must_use]
+pub fn printable(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.chars().any(char::is_control) => s.to_owned(),
+        _ => b.escape_ascii().to_string(),
+    }
+}
+
 fn doc_info(
     file: &CouchFile,
     key: &DiskKey,
@@ -152,14 +162,14 @@ fn doc_info(
     values: bool,
 ) -> StoreResult<DocInfo> {
     let value = if values {
-        Some(file.read_value(&rec.value)?.escape_ascii().to_string())
+        Some(printable(&file.read_value(&rec.value)?))
     } else {
         None
     };
     Ok(DocInfo {
         seqno: rec.meta.seqno.0,
         collection: key.collection().0,
-        key: key.user_key().escape_ascii().to_string(),
+        key: printable(key.user_key()),
         deleted: rec.meta.deleted.is_some(),
         cas: rec.meta.cas.0,
         rev_seqno: rec.meta.rev_seqno.0,
@@ -215,10 +225,7 @@ pub fn dump_local(path: &Path) -> StoreResult<Vec<(String, String)>> {
     let o = open_read_only(path)?;
     let mut out = Vec::new();
     iterate(&*o.file, o.header.local.as_ref(), b"", None, &mut |k, v| {
-        out.push((
-            String::from_utf8_lossy(k).into_owned(),
-            v.escape_ascii().to_string(),
-        ));
+        out.push((printable(k), printable(v)));
         Ok(true)
     })?;
     Ok(out)

@@ -72,6 +72,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a line; a closed pipe (`couchfile dump ... | head`) ends the
+/// program quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("couchfile: writing output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
@@ -84,26 +100,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let i = inspect::info(&file)?;
             if as_json {
-                println!("{}", json(&i));
+                out!("{}", json(&i));
             } else {
                 let h = &i.header;
-                println!("file:            {}", i.path);
-                println!("size:            {} bytes", i.file_bytes);
+                out!("file:            {}", i.path);
+                out!("size:            {} bytes", i.file_bytes);
                 if i.torn_bytes > 0 {
-                    println!("torn tail:       {} bytes (ignored)", i.torn_bytes);
+                    out!("torn tail:       {} bytes (ignored)", i.torn_bytes);
                 }
-                println!("vbucket:         {}", h.vbid);
-                println!("revision:        {}", h.revision);
-                println!("header offset:   {}", h.offset);
-                println!("commits:         {}", h.commit);
-                println!("high seqno:      {}", h.high_seqno);
-                println!("purge seqno:     {}", h.purge_seqno);
-                println!("live items:      {}", h.live_items);
-                println!("deleted items:   {}", h.deleted_items);
-                println!("data bytes:      {}", h.data_bytes);
-                println!("local docs:      {}", h.local_docs);
-                println!("by-seqno items:  {}", i.by_seqno_entries);
-                println!("fragmentation:   {:.1}%", i.fragmentation * 100.0);
+                out!("vbucket:         {}", h.vbid);
+                out!("revision:        {}", h.revision);
+                out!("header offset:   {}", h.offset);
+                out!("commits:         {}", h.commit);
+                out!("high seqno:      {}", h.high_seqno);
+                out!("purge seqno:     {}", h.purge_seqno);
+                out!("live items:      {}", h.live_items);
+                out!("deleted items:   {}", h.deleted_items);
+                out!("data bytes:      {}", h.data_bytes);
+                out!("local docs:      {}", h.local_docs);
+                out!("by-seqno items:  {}", i.by_seqno_entries);
+                out!("fragmentation:   {:.1}%", i.fragmentation * 100.0);
             }
         }
         Command::Dump(args) => {
@@ -111,9 +127,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if w.headers {
                 for h in inspect::headers(&args.file)? {
                     if args.json {
-                        println!("{}", json(&h));
+                        out!("{}", json(&h));
                     } else {
-                        println!(
+                        out!(
                             "header @{} commit {} high {} purge {} live {} deleted {} prev {:?} region {} bytes",
                             h.offset,
                             h.commit,
@@ -129,25 +145,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             } else if w.local {
                 for (name, value) in inspect::dump_local(&args.file)? {
                     if args.json {
-                        println!(
+                        out!(
                             "{}",
                             json(&serde_json::json!({ "name": name, "value": value }))
                         );
                     } else {
-                        println!("{name}: {value}");
+                        out!("{name}: {value}");
                     }
                 }
             } else {
                 let mut print = |d: inspect::DocInfo| {
                     if args.json {
-                        println!("{}", json(&d));
+                        out!("{}", json(&d));
                     } else {
                         let value = d
                             .value
                             .as_deref()
                             .map(|v| format!(" value={v}"))
                             .unwrap_or_default();
-                        println!(
+                        out!(
                             "seqno {} key {:#x}:{} {}cas {:#x} rev {} flags {:#x} exp {} dt {} bytes {}{}",
                             d.seqno,
                             d.collection,
