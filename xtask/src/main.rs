@@ -290,7 +290,7 @@ fn loom(deep: bool) -> Result<()> {
         args.push("-p");
         args.push(p);
     }
-    args.extend(["--test", "loom", "--", "--test-threads=2"]);
+    args.extend(["--test", "loom", "--", "--test-threads=1"]);
     if deep {
         args.push("--include-ignored");
     }

@@ -19,6 +19,7 @@ use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock, thread};
 use crate::vbmap::{VBucketMap, VbGuard};
 use crate::vbucket::{VBucket, VbData, item_bytes};
 use bytes::Bytes;
+use collections::{Applied, Finished, Manifest, Start, UpdateMachine, VbManifest, Visibility};
 use kvstore_core::{
     Cas, CompactionConfig, CompactionResult, Datatype, DeleteSource, DiskKey, DocMeta, Document,
     KvStore, MemStore, RevSeqno, Seqno, StoreInfo, VbState, Vbid,
@@ -167,8 +168,81 @@ pub(crate) struct Shared {
     pub(crate) cookies: Arc<CookieTable>,
     pub(crate) flusher: FlushQueue,
     pub(crate) memory: MemTracker,
+    /// The bucket's collections manifest.
+    manifest: Mutex<std::sync::Arc<Manifest>>,
+    /// The collections update state machine.
+    updates: UpdateMachine,
     shutting_down: AtomicBool,
     uuid_seed: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn current_manifest(&self) -> std::sync::Arc<Manifest> {
+        std::sync::Arc::clone(&lock(&self.manifest))
+    }
+
+    /// Applies `m` to one vbucket (if active), queueing its system events.
+    fn apply_to(&self, vb: &VBucket, m: &Manifest) -> EngineResult<()> {
+        let mut d = lock(&vb.data);
+        if d.state != VbState::Active {
+            return Ok(());
+        }
+        let before = d.collections.items();
+        let (mut high, mut cas) = (d.high_seqno, d.max_cas);
+        let now = self.config.clock.now_nanos();
+        let applied = d
+            .collections
+            .update(m, &mut || {
+                high += 1;
+                cas = now.max(cas + 1);
+                (Seqno(high), Cas(cas))
+            })
+            .map_err(|e| EngineError::CannotApplyManifest(format!("{}: {e}", vb.vbid())))?;
+        d.high_seqno = high;
+        d.max_cas = cas;
+        if let Applied::Events(events) = applied {
+            for ev in events {
+                let bytes = item_bytes(&ev);
+                self.memory.used.fetch_add(bytes, Ordering::AcqRel);
+                d.dirty_bytes += bytes;
+                if let Some(old) = d.dirty.insert(ev.key.clone(), ev) {
+                    let b = item_bytes(&old);
+                    d.dirty_bytes -= b;
+                    self.memory.release(b);
+                }
+            }
+            let dropped_items = before.saturating_sub(d.collections.items());
+            d.live_items = d.live_items.saturating_sub(dropped_items);
+            d.state_dirty = true;
+            drop(d);
+            self.flusher.schedule(vb);
+        }
+        Ok(())
+    }
+
+    /// Applies `m` to every active vbucket and makes it the current one.
+    pub(crate) fn apply_manifest(&self, m: &std::sync::Arc<Manifest>) -> EngineResult<()> {
+        for vb in self.map.guards() {
+            self.apply_to(&vb, m)?;
+        }
+        *lock(&self.manifest) = std::sync::Arc::clone(m);
+        Ok(())
+    }
+}
+
+/// An open collection of one vbucket, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionInfo {
+    /// The collection id.
+    pub cid: kvstore_core::CollectionId,
+    /// Its name.
+    pub name: String,
+    /// Its scope.
+    pub scope: kvstore_core::ScopeId,
+    /// The seqno its current generation started at.
+    pub start_seqno: Seqno,
+    /// Its counters: items, bytes, high seqno.
+    pub stats: collections::CollectionStats,
 }
 
 /// The engine. See the crate docs.
@@ -206,6 +280,9 @@ impl Engine {
         notifier: std::sync::Arc<dyn Notifier>,
     ) -> EngineResult<Self> {
         let kv = open_backend(&config)?;
+        let manifest = collections::persist::load(&config.data_dir)
+            .map_err(|e| EngineError::Warmup(e.to_string()))?
+            .unwrap_or_else(Manifest::epoch);
         let cookies = Arc::new(CookieTable::new(notifier));
         let deleter = Deleter::new();
         let map = VBucketMap::new(config.vbuckets);
@@ -219,12 +296,15 @@ impl Engine {
             let store = kv.open(*vbid, *revision)?;
             let info = store.info()?;
             let state = store.vbstate()?.unwrap_or_default();
+            let collections = VbManifest::from_local(&store.list_local()?)
+                .map_err(|e| EngineError::Warmup(format!("{vbid}: collections: {e}")))?;
             let data = VbData {
                 state: state.state,
                 high_seqno: info.high_seqno.0,
                 max_cas: state.max_cas.0,
                 failover: state.failover,
-                live_items: info.live_items,
+                live_items: collections.items(),
+                collections,
                 ..VbData::default()
             };
             let vb = VBucket::new(
@@ -251,9 +331,15 @@ impl Engine {
             deleter,
             cookies,
             flusher: FlushQueue::default(),
+            manifest: Mutex::new(std::sync::Arc::new(manifest)),
+            updates: UpdateMachine::new(),
             shutting_down: AtomicBool::new(false),
             uuid_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
         });
+        // A crash between persisting a manifest and flushing its system
+        // events leaves vbuckets behind: bring them up to date.
+        let current = shared.current_manifest();
+        shared.apply_manifest(&current)?;
         let mut threads = Vec::new();
         {
             let s = Arc::clone(&shared);
@@ -313,12 +399,30 @@ impl Engine {
         !doc.is_deleted() && doc.meta.expiry != 0 && doc.meta.expiry <= now
     }
 
+    /// `UnknownCollection` unless `key`'s collection is open in `d`.
+    fn check_collection(d: &VbData, key: &DiskKey) -> EngineResult<()> {
+        match d.collections.collection(key.collection()) {
+            Some(_) => Ok(()),
+            None => Err(EngineError::UnknownCollection {
+                manifest_uid: d.collections.uid,
+            }),
+        }
+    }
+
+    /// The visible version of `key`: present, in an open collection, and of
+    /// the collection's current generation.
+    fn visible(d: &VbData, key: &DiskKey, doc: Option<Document>) -> Option<Document> {
+        doc.filter(|c| d.collections.visibility(key, c.meta.seqno) == Visibility::Visible)
+    }
+
     /// Reads a document. An expired document reads as missing, and is
-    /// deleted with a TTL tombstone.
+    /// deleted with a TTL tombstone. A document of a dropped collection, or
+    /// of a dropped generation of a re-created one, never reads back.
     pub fn get(&self, vbid: Vbid, key: &DiskKey) -> EngineResult<Item> {
         let vb = self.active(vbid)?;
         let doc = {
             let d = lock(&vb.data);
+            Self::check_collection(&d, key)?;
             d.memory(key).cloned()
         };
         let doc = match doc {
@@ -328,6 +432,18 @@ impl Engine {
         let Some(doc) = doc.filter(|d| !d.is_deleted()) else {
             return Err(EngineError::KeyNotFound);
         };
+        {
+            let d = lock(&vb.data);
+            match d.collections.visibility(key, doc.meta.seqno) {
+                Visibility::Visible => {}
+                Visibility::OldGeneration => return Err(EngineError::KeyNotFound),
+                Visibility::UnknownCollection => {
+                    return Err(EngineError::UnknownCollection {
+                        manifest_uid: d.collections.uid,
+                    });
+                }
+            }
+        }
         if self.is_expired(&doc, self.now()) {
             self.expire(&vb, key)?;
             return Err(EngineError::KeyNotFound);
@@ -344,6 +460,7 @@ impl Engine {
     fn expire(&self, vb: &VbGuard, key: &DiskKey) -> EngineResult<()> {
         let now = self.now();
         let (mut d, current) = vb.current(key)?;
+        let current = Self::visible(&d, key, current);
         let Some(cur) = current.filter(|c| self.is_expired(c, now)) else {
             return Ok(());
         };
@@ -363,6 +480,8 @@ impl Engine {
             value: Bytes::new(),
         };
         d.live_items = d.live_items.saturating_sub(1);
+        d.collections
+            .note(key.collection(), seqno, -1, -(cur.body_size() as i64));
         self.put_dirty(&mut d, tomb, true);
         drop(d);
         self.shared.flusher.schedule(vb);
@@ -451,6 +570,21 @@ impl Engine {
         if d.state != VbState::Active {
             return Err(EngineError::NotMyVbucket(vbid));
         }
+        Self::check_collection(&d, key)?;
+        let current = Self::visible(&d, key, current);
+        // The collection's maxTTL caps the expiry of new documents.
+        let expiry = match d
+            .collections
+            .collection(key.collection())
+            .and_then(|c| c.max_ttl)
+            .filter(|t| *t > 0)
+        {
+            Some(ttl) => {
+                let cap = now.saturating_add(ttl);
+                if expiry == 0 { cap } else { expiry.min(cap) }
+            }
+            None => expiry,
+        };
         let live = current
             .as_ref()
             .filter(|c| !c.is_deleted() && !self.is_expired(c, now));
@@ -467,6 +601,7 @@ impl Engine {
             }
         }
         let was_live = live.is_some();
+        let old_bytes = live.map_or(0, Document::body_size) as i64;
         let rev_seqno = current.as_ref().map_or(1, |c| c.meta.rev_seqno.0 + 1);
         let mut doc = Document {
             key: key.clone(),
@@ -491,10 +626,17 @@ impl Engine {
             seqno: doc.meta.seqno,
             vbucket_uuid: d.uuid(),
         };
+        let new_bytes = doc.body_size() as i64;
         self.put_dirty(&mut d, doc, false);
         if !was_live {
             d.live_items += 1;
         }
+        d.collections.note(
+            key.collection(),
+            result.seqno,
+            i64::from(!was_live),
+            new_bytes - old_bytes,
+        );
         self.finish_write(cookie, &vb, d, result, opts.durable)
     }
 
@@ -586,6 +728,8 @@ impl Engine {
         let vb = self.active(vbid)?;
         let now = self.now();
         let (mut d, current) = vb.current(key)?;
+        Self::check_collection(&d, key)?;
+        let current = Self::visible(&d, key, current);
         let Some(cur) = current.filter(|c| !c.is_deleted() && !self.is_expired(c, now)) else {
             return Err(EngineError::KeyNotFound);
         };
@@ -614,6 +758,8 @@ impl Engine {
         };
         self.put_dirty(&mut d, tomb, true);
         d.live_items = d.live_items.saturating_sub(1);
+        d.collections
+            .note(key.collection(), seqno, -1, -(cur.body_size() as i64));
         self.finish_write(cookie, &vb, d, result, durable)
     }
 
@@ -641,7 +787,11 @@ impl Engine {
             uuid,
         )?;
         match self.shared.map.insert(vb) {
-            Ok(_) => Ok(()),
+            Ok(vb) => {
+                // A new active vbucket takes the bucket's collections.
+                let m = self.shared.current_manifest();
+                self.shared.apply_to(&vb, &m)
+            }
             Err((vb, e)) => {
                 // Lost a race with another create: remove ours.
                 vb.mark_deleting();
@@ -661,6 +811,11 @@ impl Engine {
             d.state_dirty = true;
         }
         self.shared.flusher.schedule(&vb);
+        if state == VbState::Active {
+            // An activated vbucket catches up with the bucket's collections.
+            let m = self.shared.current_manifest();
+            self.shared.apply_to(&vb, &m)?;
+        }
         Ok(())
     }
 
@@ -681,13 +836,21 @@ impl Engine {
     }
 
     /// The caller behind `cookie` is gone: frees any state parked under it.
+    /// A manifest update it had persisted is applied anyway, so memory
+    /// matches what is on disk.
     pub fn release_cookie(&self, cookie: CookieId) {
         if self.shared.cookies.release(cookie) {
             tracing::debug!(cookie, "released the state of a departed cookie");
         }
+        if let Some(m) = self.shared.updates.disconnect(cookie)
+            && let Err(e) = self.shared.apply_manifest(&m)
+        {
+            tracing::error!(error = %e, "applying the manifest of a departed cookie failed");
+        }
     }
 
-    /// Compacts a vbucket's store; a vbucket delete stops it.
+    /// Compacts a vbucket's store, purging the items of its dropped
+    /// collections; a vbucket delete stops it.
     pub fn compact(
         &self,
         vbid: Vbid,
@@ -696,7 +859,143 @@ impl Engine {
         self.check_running()?;
         let vb = self.shared.map.get(vbid)?;
         config.cancel = Some(vb.compaction.clone());
-        Ok(vb.store().compact(&config)?)
+        let dropped = lock(&vb.data).collections.dropped_for_compaction();
+        config.dropped.extend(dropped.iter().copied());
+        let r = vb.store().compact(&config)?;
+        if !dropped.is_empty() {
+            let mut d = lock(&vb.data);
+            d.collections.purged(&dropped);
+            d.state_dirty = true;
+            drop(d);
+            self.shared.flusher.schedule(&vb);
+        }
+        Ok(r)
+    }
+
+    /// Applies a collections manifest (the would-block state machine of
+    /// DESIGN §8). The first call validates it against the current manifest,
+    /// starts persisting it in the background and returns `WouldBlock`; the
+    /// cookie is notified when that ends, and its next call applies the
+    /// manifest to every active vbucket (or returns the failure). While one
+    /// update is in flight, calls from other cookies get `Busy`. A failure or
+    /// a disconnect leaves the machine idle.
+    pub fn set_collections(&self, cookie: CookieId, json: &[u8]) -> EngineResult<()> {
+        self.check_running()?;
+        match self.shared.cookies.collect(cookie) {
+            None => {}
+            Some(Err(e)) => return Err(e),
+            Some(Ok(_)) => {
+                return match self.shared.updates.take(cookie) {
+                    Some(m) => self.shared.apply_manifest(&m),
+                    None => Ok(()),
+                };
+            }
+        }
+        let next =
+            Manifest::from_json(json).map_err(|e| EngineError::InvalidArguments(e.to_string()))?;
+        let current = self.shared.current_manifest();
+        current
+            .check_successor(&next)
+            .map_err(|e| EngineError::CannotApplyManifest(e.to_string()))?;
+        if next == *current {
+            return Ok(());
+        }
+        let next = std::sync::Arc::new(next);
+        match self
+            .shared
+            .updates
+            .start(cookie, std::sync::Arc::clone(&next))
+        {
+            Start::Started => {}
+            Start::AlreadyInFlight => return Err(EngineError::WouldBlock),
+            Start::Busy { .. } => {
+                return Err(EngineError::Busy(
+                    "a collections update is in progress for another connection".into(),
+                ));
+            }
+        }
+        if let Err(e) = self.shared.cookies.park(cookie, Waiting::Manifest) {
+            self.shared.updates.finished(cookie, false);
+            return Err(e);
+        }
+        let shared = Arc::clone(&self.shared);
+        thread::spawn(move || {
+            let result = collections::persist::store(&shared.config.data_dir, &next);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, uid = next.uid, "persisting the collections manifest failed");
+            }
+            match shared.updates.finished(cookie, result.is_ok()) {
+                Finished::NotifySuccess => {
+                    shared.cookies.complete(cookie, |_| Ok(Outcome::Done));
+                }
+                Finished::NotifyFailure => {
+                    let msg = result.err().map(|e| e.to_string()).unwrap_or_default();
+                    shared.cookies.complete(cookie, |_| {
+                        Err(EngineError::CannotApplyManifest(format!(
+                            "persisting the manifest failed: {msg}"
+                        )))
+                    });
+                }
+                Finished::ApplyOrphan(m) => {
+                    if let Err(e) = shared.apply_manifest(&m) {
+                        tracing::error!(error = %e, "applying an orphaned manifest failed");
+                    }
+                }
+                Finished::DropOrphan | Finished::Stale => {}
+            }
+        });
+        Err(EngineError::WouldBlock)
+    }
+
+    /// The bucket's current collections manifest.
+    #[must_use]
+    pub fn manifest(&self) -> std::sync::Arc<Manifest> {
+        self.shared.current_manifest()
+    }
+
+    /// The id of the collection at `scope.collection`, with the manifest uid
+    /// it was looked up in.
+    pub fn collection_id(&self, path: &str) -> EngineResult<(u64, kvstore_core::CollectionId)> {
+        let m = self.shared.current_manifest();
+        let Some((scope, _)) = path.split_once('.') else {
+            return Err(EngineError::InvalidArguments(format!(
+                "{path:?} is not a scope.collection path"
+            )));
+        };
+        if m.scope_by_name(scope).is_none() {
+            return Err(EngineError::UnknownScope {
+                manifest_uid: m.uid,
+            });
+        }
+        m.collection_by_path(path)
+            .map(|c| (m.uid, c.id))
+            .ok_or(EngineError::UnknownCollection {
+                manifest_uid: m.uid,
+            })
+    }
+
+    /// The collections of one vbucket: open ones with their counters, and
+    /// the dropped generations not yet purged.
+    pub fn vbucket_collections(&self, vbid: Vbid) -> EngineResult<VbManifest> {
+        let vb = self.shared.map.get(vbid)?;
+        Ok(lock(&vb.data).collections.clone())
+    }
+
+    /// Per-collection counters of one vbucket.
+    pub fn collection_stats(&self, vbid: Vbid) -> EngineResult<Vec<CollectionInfo>> {
+        let vb = self.shared.map.get(vbid)?;
+        let d = lock(&vb.data);
+        Ok(d.collections
+            .collections
+            .values()
+            .map(|c| CollectionInfo {
+                cid: kvstore_core::CollectionId(c.cid),
+                name: c.name.clone(),
+                scope: kvstore_core::ScopeId(c.sid),
+                start_seqno: Seqno(c.start),
+                stats: c.stats,
+            })
+            .collect())
     }
 
     /// Flushes every vbucket now, in the calling thread. Returns the first

@@ -63,6 +63,9 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// Warmup could not rebuild the engine's state from disk.
+    #[error("warmup failed: {0}")]
+    Warmup(String),
 }
 
 impl From<StoreError> for EngineError {
@@ -88,7 +91,7 @@ impl EngineError {
             EngineError::TemporaryFailure(_) | EngineError::ShuttingDown => 0x0086,
             EngineError::WouldBlock => 0x0086,
             EngineError::VbucketExists(_) => 0x0002,
-            EngineError::Storage(_) => 0x0084,
+            EngineError::Storage(_) | EngineError::Warmup(_) => 0x0084,
         }
     }
 }

@@ -119,7 +119,9 @@ pub(crate) fn flush_vbucket(vb: &VBucket, shared: &Shared) -> Flushed {
         let bytes: u64 = items.values().map(item_bytes).sum();
         d.flushing = Some(std::sync::Arc::clone(&items));
         d.state_dirty = false;
-        (items, d.vbstate(), Vec::new(), bytes)
+        // The collections state is committed with every batch, so what is on
+        // disk always matches the system events and items flushed with it.
+        (items, d.vbstate(), d.collections.local_docs(), bytes)
     };
     let max_seqno = items.values().map(|d| d.meta.seqno).max();
     let batch = CommitBatch {

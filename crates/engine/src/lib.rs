@@ -49,7 +49,7 @@ pub mod vbucket;
 pub use config::{Backend, Clock, EngineConfig, SystemClock};
 pub use cookie::{CookieId, CookieTable, MutationResult, NoNotify, Notifier, Outcome, Waiting};
 pub use deleter::{Deleter, Destroyed};
-pub use engine::{Engine, EngineStats, Item, StoreMode, VbStats, WriteOptions};
+pub use engine::{CollectionInfo, Engine, EngineStats, Item, StoreMode, VbStats, WriteOptions};
 pub use error::{EngineError, EngineResult};
 pub use vbmap::{VBucketMap, VbGuard};
 pub use vbucket::VBucket;

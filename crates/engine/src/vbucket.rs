@@ -45,6 +45,8 @@ pub(crate) struct VbData {
     pub(crate) dirty_bytes: u64,
     /// The error of the last failed flush, until one succeeds.
     pub(crate) flush_error: Option<String>,
+    /// The vbucket's collections.
+    pub(crate) collections: collections::VbManifest,
 }
 
 impl VbData {
