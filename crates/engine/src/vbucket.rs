@@ -220,12 +220,20 @@ impl VBucket {
         self.deleting.load(Ordering::Acquire)
     }
 
-    /// Marks the incarnation deleted and stops a running compaction of it.
+    /// Marks the incarnation deleted, stops a running compaction of it, and
+    /// makes the deletion durable in the backend, so that a crash before
+    /// the last guard drops cannot bring the vbucket back at warmup.
     pub(crate) fn mark_deleting(&self) {
-        if !self.deleting.swap(true, Ordering::AcqRel) {
-            self.deleter.announce();
+        if self.deleting.swap(true, Ordering::AcqRel) {
+            return;
         }
+        self.deleter.announce();
         self.compaction.cancel();
+        if let Err(e) = self.kv.mark_deleted(self.vbid, self.store.revision()) {
+            // The files still go when the last guard drops; only a crash
+            // before that could bring them back.
+            tracing::error!(vbid = %self.vbid, error = %e, "could not mark the deleted vbucket durably");
+        }
     }
 
     /// Asks to be told (through `cookie`) when the files are gone.

@@ -453,3 +453,35 @@ fn stress_delete_and_recreate_under_load() {
         checked.load(Ordering::Relaxed)
     );
 }
+
+/// A crash while a deleted vbucket is still held by a guard: at warmup the
+/// vbucket stays deleted (its files were marked at delete time).
+#[test]
+fn deleted_vbucket_held_by_a_guard_does_not_come_back_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = open(dir.path(), couch(), 1);
+    let e = &o.engine;
+    e.create_vbucket(Vbid(4), VbState::Active).unwrap();
+    e.create_vbucket(Vbid(5), VbState::Active).unwrap();
+    e.set(1, Vbid(4), &key("a"), "v", WriteOptions::default())
+        .unwrap();
+    e.flush().unwrap();
+    let guard = e.vbucket(Vbid(4)).unwrap();
+    e.delete_vbucket(None, Vbid(4)).unwrap();
+    // The guard keeps working on the deleted incarnation.
+    assert!(guard.store().get(&key("a")).unwrap().is_some());
+    // "Crash": the engine and the guard vanish without the deletion running.
+    std::mem::forget(guard);
+    drop(o);
+    let o = open(dir.path(), couch(), 1);
+    assert!(matches!(
+        o.engine.vbucket(Vbid(4)),
+        Err(EngineError::NotMyVbucket(_))
+    ));
+    assert!(o.engine.vbucket(Vbid(5)).is_ok());
+    assert_eq!(
+        files(dir.path()),
+        ["5.couch.1"],
+        "the marked file was removed at startup"
+    );
+}

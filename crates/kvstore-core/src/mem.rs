@@ -72,6 +72,8 @@ struct VbCell {
     data: RwLock<Arc<VbData>>,
     writer: Mutex<VecDeque<Undo>>,
     deleted: AtomicBool,
+    /// Marked for deletion: a reopen does not find it.
+    doomed: AtomicBool,
 }
 
 impl VbCell {
@@ -80,6 +82,7 @@ impl VbCell {
             data: RwLock::new(Arc::new(VbData::default())),
             writer: Mutex::new(VecDeque::new()),
             deleted: AtomicBool::new(false),
+            doomed: AtomicBool::new(false),
         })
     }
 }
@@ -262,6 +265,14 @@ impl KvStore for MemStore {
         let mut vbs = lock(&self.image.vbuckets);
         let mut found = Vec::new();
         for (vbid, revs) in vbs.iter_mut() {
+            revs.live.retain(|rev, cell| {
+                let doomed = cell.doomed.load(Ordering::SeqCst);
+                if doomed {
+                    cell.deleted.store(true, Ordering::SeqCst);
+                    tracing::info!(%vbid, revision = %rev, "removed a revision marked deleted");
+                }
+                !doomed
+            });
             let Some(newest) = revs.live.keys().next_back().copied() else {
                 continue;
             };
@@ -297,6 +308,16 @@ impl KvStore for MemStore {
             .cloned()
             .ok_or(StoreError::NoSuchRevision { vbid, revision })?;
         Ok(self.handle(vbid, revision, cell))
+    }
+
+    fn mark_deleted(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {
+        let vbs = lock(&self.image.vbuckets);
+        let cell = vbs
+            .get(&vbid)
+            .and_then(|r| r.live.get(&revision))
+            .ok_or(StoreError::NoSuchRevision { vbid, revision })?;
+        cell.doomed.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     fn destroy(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {

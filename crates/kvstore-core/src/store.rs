@@ -417,6 +417,13 @@ pub trait KvStore: Send + Sync {
     /// returns the same handle.
     fn open(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<dyn VbStore>>;
 
+    /// Makes the coming deletion of this revision durable, without
+    /// disturbing handles and scans still using it: after a crash or restart,
+    /// [`KvStore::discover`] must not find it, even if [`KvStore::destroy`]
+    /// never ran. The engine calls it when a vbucket is deleted, long before
+    /// the last reader lets go.
+    fn mark_deleted(&self, vbid: Vbid, revision: Revision) -> StoreResult<()>;
+
     /// Removes exactly this revision. Handles still open on it fail with
     /// [`crate::StoreError::Deleted`] from then on, except scans already
     /// pinned, which finish on their snapshot.

@@ -78,6 +78,8 @@ pub(crate) enum FileKind {
     Compact,
     /// `<vbid>.couch.<rev>.tmp`
     Tmp,
+    /// `<vbid>.couch.<rev>.deleted`: marked deleted, removed at startup.
+    Deleted,
 }
 
 /// Parses a couchfile name.
@@ -92,6 +94,7 @@ pub(crate) fn parse_name(name: &str) -> Option<(Vbid, Revision, FileKind)> {
         None => FileKind::Live,
         Some("compact") => FileKind::Compact,
         Some("tmp") => FileKind::Tmp,
+        Some("deleted") => FileKind::Deleted,
         Some(_) => return None,
     };
     if parts.next().is_some() {
@@ -104,6 +107,12 @@ pub(crate) fn parse_name(name: &str) -> Option<(Vbid, Revision, FileKind)> {
 #[must_use]
 pub fn compact_name(vbid: Vbid, rev: Revision) -> String {
     format!("{}.compact", file_name(vbid, rev))
+}
+
+/// The name a revision's file takes once it is marked deleted.
+#[must_use]
+pub fn deleted_name(vbid: Vbid, rev: Revision) -> String {
+    format!("{}.deleted", file_name(vbid, rev))
 }
 
 /// The file name of a revision.
@@ -303,6 +312,7 @@ impl KvStore for CouchStore {
                 }
                 FileKind::Compact => remove.push(compact_name(vbid, rev)),
                 FileKind::Tmp => remove.push(format!("{}.tmp", file_name(vbid, rev))),
+                FileKind::Deleted => remove.push(deleted_name(vbid, rev)),
             }
         }
         for &(vbid, rev, kind) in &files {
@@ -357,6 +367,30 @@ impl KvStore for CouchStore {
         Ok(self.open_couch(vbid, revision)?)
     }
 
+    fn mark_deleted(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {
+        // Wait for a running compaction to stop, so the revision cannot move
+        // to a new file after we renamed this one.
+        let handles = self.shared.live_handles(vbid);
+        let mut guards = Vec::new();
+        for h in &handles {
+            if h.revision() == revision {
+                h.stop_compaction.store(true, Ordering::SeqCst);
+                guards.push(lock(&h.maintenance));
+            }
+        }
+        let path = self.shared.path(vbid, revision);
+        let marked = self.shared.dir.join(deleted_name(vbid, revision));
+        match fs::rename(&path, &marked) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchRevision { vbid, revision });
+            }
+            Err(e) => return Err(StoreError::io("rename", &path, e)),
+        }
+        // Open handles keep their descriptor; the name no longer matters.
+        sync_dir(&self.shared.io, &self.shared.dir)
+    }
+
     fn destroy(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {
         let mut marked = false;
         for h in self.shared.live_handles(vbid) {
@@ -372,8 +406,10 @@ impl KvStore for CouchStore {
             }
         }
         let path = self.shared.path(vbid, revision);
-        let existed = path.exists();
+        let deleted = self.shared.dir.join(deleted_name(vbid, revision));
+        let existed = path.exists() || deleted.exists();
         remove_file(&path)?;
+        remove_file(&deleted)?;
         remove_file(&self.shared.dir.join(compact_name(vbid, revision)))?;
         if !existed && !marked {
             return Err(StoreError::NoSuchRevision { vbid, revision });

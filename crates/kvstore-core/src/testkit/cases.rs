@@ -1224,6 +1224,42 @@ pub fn c6_open_unknown_revision_is_error(f: &dyn StoreFactory) {
     assert!(h.store().discover().unwrap().is_empty());
 }
 
+/// §4.6: a revision marked deleted stays readable and writable through its
+/// open handle (and pinned scans), but after a restart it is gone, even
+/// though it was never destroyed; other revisions are untouched.
+pub fn c6_marked_deleted_stays_usable_but_never_comes_back(f: &dyn StoreFactory) {
+    let mut h = Harness::new(f);
+    let keep = h.store().create(Vbid(1)).unwrap();
+    commit(&*keep, CommitBatch::new().item(doc(&key("k"), 1, "keep")));
+    let vb = h.store().create(Vbid(2)).unwrap();
+    commit(&*vb, CommitBatch::new().item(doc(&key("a"), 1, "a")));
+    let mut scan = vb
+        .seqno_scan(Seqno(0), Seqno(u64::MAX), ScanOptions::default())
+        .unwrap();
+    h.store().mark_deleted(Vbid(2), vb.revision()).unwrap();
+    commit(&*vb, CommitBatch::new().item(doc(&key("b"), 2, "b")));
+    assert_eq!(&vb.get(&key("a")).unwrap().unwrap().value[..], b"a");
+    let mut seen = 0;
+    scan.run(&mut |_| {
+        seen += 1;
+        ScanControl::Continue
+    })
+    .unwrap();
+    assert_eq!(seen, 1);
+    let err = h
+        .store()
+        .mark_deleted(Vbid(9), crate::Revision(1))
+        .expect_err("no such revision");
+    assert!(matches!(err, StoreError::NoSuchRevision { .. }), "{err}");
+    let keep_rev = keep.revision();
+    drop((vb, scan, keep));
+    h.reopen();
+    assert_eq!(h.store().discover().unwrap(), [(Vbid(1), keep_rev)]);
+    // The vbucket can be created again, above every revision used.
+    let again = h.store().create(Vbid(2)).unwrap();
+    assert!(again.get(&key("a")).unwrap().is_none());
+}
+
 /// §4.7: a failed sync poisons the store until it is reopened; the failed
 /// commit is then either wholly there or wholly absent.
 pub fn c7_failed_sync_poisons_until_reopen(f: &dyn StoreFactory) {

@@ -233,6 +233,7 @@ macro_rules! conformance_tests {
             c6_discover_keeps_newest_and_removes_stale,
             c6_create_after_compaction_gets_new_revision,
             c6_open_unknown_revision_is_error,
+            c6_marked_deleted_stays_usable_but_never_comes_back,
             c7_failed_sync_poisons_until_reopen,
             c7_bad_input_is_typed_error,
         );
