@@ -82,6 +82,29 @@ fn guards(c: &mut Criterion) {
         });
     });
     g.finish();
+
+    // The machine's own two-thread scaling, with no shared memory at all:
+    // the ceiling for any two-thread ratio measured here.
+    let mut m = c.benchmark_group("machine");
+    m.throughput(Throughput::Elements(OPS));
+    let spin = |n: u64| {
+        let mut x = 0u64;
+        for i in 0..n * 8 {
+            x = black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        x
+    };
+    m.bench_function("alu_1_thread", |b| b.iter(|| spin(OPS)));
+    m.throughput(Throughput::Elements(2 * OPS));
+    m.bench_function("alu_2_threads", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| spin(OPS));
+                s.spawn(|| spin(OPS));
+            });
+        });
+    });
+    m.finish();
 }
 
 criterion_group!(benches, guards);
