@@ -17,7 +17,10 @@
 use crate::block::{ChunkPtr, PhysWriter};
 use crate::codec::{DecodeResult, decode_key_value, decode_seqno_value};
 use crate::header::Root;
-use crate::node::{ChildRef, Compression, Node, Reduce, child_entry_size, leaf_entry_size};
+use crate::node::{
+    ChildRef, Compression, Interior, Leaf, Node, Reduce, Resolved, child_entry_size,
+    leaf_entry_size,
+};
 use bytes::Bytes;
 use kvstore_core::StoreResult;
 use std::cmp::Ordering;
@@ -122,12 +125,8 @@ impl<'w> NodeWriter<'w> {
                 reduce = reduce.plus(red);
             }
             let max_key = group.last().map(|(k, _)| k.clone()).unwrap_or_default();
-            let ptr = self.write(Node::Leaf(group));
-            refs.push(ChildRef {
-                max_key,
-                ptr,
-                reduce,
-            });
+            let ptr = self.write(Node::Leaf(Leaf::from_entries(&group)));
+            refs.push(ChildRef::new(max_key, ptr, reduce));
         }
         Ok(refs)
     }
@@ -144,12 +143,8 @@ impl<'w> NodeWriter<'w> {
                 .iter()
                 .fold(Reduce::default(), |a, c| a.plus(c.reduce));
             let max_key = group.last().map(|c| c.max_key.clone()).unwrap_or_default();
-            let ptr = self.write(Node::Interior(group));
-            refs.push(ChildRef {
-                max_key,
-                ptr,
-                reduce,
-            });
+            let ptr = self.write(Node::Interior(Interior::new(group)));
+            refs.push(ChildRef::new(max_key, ptr, reduce));
         }
         refs
     }
@@ -200,27 +195,42 @@ impl Action {
     }
 }
 
-/// The value stored under `key`, if any.
-pub fn lookup(r: &dyn NodeRead, root: Option<&Root>, key: &[u8]) -> StoreResult<Option<Bytes>> {
+/// The value stored under `key`, if any. `root_slot` caches the decoded
+/// root (an interior one) for the life of the caller's view.
+pub fn lookup(
+    r: &dyn NodeRead,
+    root: Option<&Root>,
+    root_slot: Option<&Resolved>,
+    key: &[u8],
+) -> StoreResult<Option<Bytes>> {
     let Some(root) = root else { return Ok(None) };
-    let mut ptr = root.ptr;
-    loop {
-        let node = r.read_node(ptr)?;
-        match &*node {
-            Node::Interior(children) => {
-                let i = children.partition_point(|c| &c.max_key[..] < key);
-                match children.get(i) {
-                    Some(c) => ptr = c.ptr,
-                    None => return Ok(None),
-                }
+    let node = match root_slot.and_then(Resolved::get) {
+        Some(n) => Arc::clone(n),
+        None => {
+            let n = r.read_node(root.ptr)?;
+            if let Some(slot) = root_slot {
+                slot.keep(&n);
             }
-            Node::Leaf(entries) => {
-                return Ok(entries
-                    .binary_search_by(|(k, _)| k[..].cmp(key))
-                    .ok()
-                    .map(|i| entries[i].1.clone()));
-            }
+            n
         }
+    };
+    lookup_in(r, &node, key)
+}
+
+fn lookup_in(r: &dyn NodeRead, node: &Node, key: &[u8]) -> StoreResult<Option<Bytes>> {
+    match node {
+        Node::Interior(node) => {
+            let Some(c) = node.children().get(node.route(key)) else {
+                return Ok(None);
+            };
+            if let Some(n) = c.resolved.get() {
+                return lookup_in(r, n, key);
+            }
+            let n = r.read_node(c.ptr)?;
+            c.resolved.keep(&n);
+            lookup_in(r, &n, key)
+        }
+        Node::Leaf(leaf) => Ok(leaf.search(key).ok().map(|i| leaf.value(i))),
     }
 }
 
@@ -248,21 +258,20 @@ fn iterate_node(
 ) -> StoreResult<bool> {
     let node = r.read_node(ptr)?;
     match &*node {
-        Node::Leaf(entries) => {
-            let from = entries.partition_point(|(k, _)| &k[..] < start);
-            for (k, v) in &entries[from..] {
-                if end.is_some_and(|e| &k[..] >= e) {
+        Node::Leaf(leaf) => {
+            for i in leaf.lower_bound(start)..leaf.len() {
+                if end.is_some_and(|e| leaf.key(i) >= e) {
                     return Ok(false);
                 }
-                if !visit(k, v)? {
+                if !visit(&leaf.key_bytes(i), &leaf.value(i))? {
                     return Ok(false);
                 }
             }
             Ok(true)
         }
-        Node::Interior(children) => {
-            let from = children.partition_point(|c| &c.max_key[..] < start);
-            for c in &children[from..] {
+        Node::Interior(node) => {
+            let children = node.children();
+            for c in &children[node.route(start)..] {
                 if !iterate_node(r, c.ptr, start, end, visit)? {
                     return Ok(false);
                 }
@@ -376,14 +385,16 @@ fn modify_node(
 ) -> StoreResult<Option<Vec<ChildRef>>> {
     let node = r.read_node(ptr)?;
     match &*node {
-        Node::Leaf(entries) => {
-            let (merged, changed) = merge_leaf(entries, actions, replaced);
+        Node::Leaf(leaf) => {
+            let entries: Vec<(Bytes, Bytes)> = leaf.entries().collect();
+            let (merged, changed) = merge_leaf(&entries, actions, replaced);
             if !changed {
                 return Ok(None);
             }
             Ok(Some(w.write_leaves(r, kind, merged)?))
         }
-        Node::Interior(children) => {
+        Node::Interior(node) => {
+            let children = node.children();
             let mut out: Vec<ChildRef> = Vec::with_capacity(children.len() + 4);
             let mut changed = false;
             let mut j = 0;
@@ -475,16 +486,8 @@ impl Builder {
             );
         }
         let max_key = entries.last().map(|(k, _)| k.clone()).unwrap_or_default();
-        let ptr = w.write(Node::Leaf(entries));
-        self.push_ref(
-            w,
-            0,
-            ChildRef {
-                max_key,
-                ptr,
-                reduce,
-            },
-        );
+        let ptr = w.write(Node::Leaf(Leaf::from_entries(&entries)));
+        self.push_ref(w, 0, ChildRef::new(max_key, ptr, reduce));
         Ok(())
     }
 
@@ -537,12 +540,8 @@ impl Builder {
 fn write_one_interior(w: &mut NodeWriter<'_>, refs: Vec<ChildRef>) -> ChildRef {
     let reduce = refs.iter().fold(Reduce::default(), |a, c| a.plus(c.reduce));
     let max_key = refs.last().map(|c| c.max_key.clone()).unwrap_or_default();
-    let ptr = w.write(Node::Interior(refs));
-    ChildRef {
-        max_key,
-        ptr,
-        reduce,
-    }
+    let ptr = w.write(Node::Interior(Interior::new(refs)));
+    ChildRef::new(max_key, ptr, reduce)
 }
 
 #[cfg(test)]
@@ -609,8 +608,8 @@ mod tests {
     fn depth_ok(r: &TestReader, ptr: ChunkPtr) -> usize {
         match &*r.read_node(ptr).unwrap() {
             Node::Leaf(_) => 1,
-            Node::Interior(c) => {
-                let depths: Vec<usize> = c.iter().map(|c| depth_ok(r, c.ptr)).collect();
+            Node::Interior(n) => {
+                let depths: Vec<usize> = n.children().iter().map(|c| depth_ok(r, c.ptr)).collect();
                 assert!(
                     depths.windows(2).all(|w| w[0] == w[1]),
                     "unbalanced: {depths:?}"
@@ -686,7 +685,7 @@ mod tests {
                 }
                 for probe in [0u16, 7, 999, 1999] {
                     let k = format!("{probe:05}");
-                    let got = lookup(&r, root.as_ref(), k.as_bytes()).unwrap();
+                    let got = lookup(&r, root.as_ref(), None, k.as_bytes()).unwrap();
                     prop_assert_eq!(got.map(|b| b.to_vec()), model.get(k.as_bytes()).cloned());
                 }
                 // Bounded iteration.

@@ -22,9 +22,35 @@ struct Entry {
     referenced: bool,
 }
 
+/// A hasher for the cache's integer keys: a multiply-rotate mix, far
+/// cheaper than SipHash. Keys are file ids and offsets chosen by us, not by
+/// clients, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
+type KeyMap<V> = HashMap<CacheKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<CacheKey, Entry>,
+    map: KeyMap<Entry>,
     queue: VecDeque<CacheKey>,
     weight: usize,
 }
@@ -143,7 +169,10 @@ mod tests {
     use bytes::Bytes;
 
     fn node(n: usize) -> Arc<Node> {
-        Arc::new(Node::Leaf(vec![(Bytes::from(vec![1u8; n]), Bytes::new())]))
+        Arc::new(Node::Leaf(crate::node::Leaf::from_entries(&[(
+            Bytes::from(vec![1u8; n]),
+            Bytes::new(),
+        )])))
     }
 
     #[test]

@@ -72,14 +72,17 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0, what }
     }
 
+    #[inline]
     pub(crate) fn pos(&self) -> usize {
         self.pos
     }
 
+    #[inline]
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
@@ -88,6 +91,7 @@ impl<'a> Reader<'a> {
         DecodeError::new(self.what, format!("{} at byte {}", detail.into(), self.pos))
     }
 
+    #[inline]
     pub(crate) fn take(&mut self, n: usize) -> DecodeResult<&'a [u8]> {
         if n > self.remaining() {
             return Err(self.err(format!("needs {n} bytes but {} remain", self.remaining())));
@@ -97,15 +101,18 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self) -> DecodeResult<u8> {
         Ok(self.take(1)?[0])
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self) -> DecodeResult<u32> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     pub(crate) fn u64(&mut self) -> DecodeResult<u64> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
@@ -113,7 +120,15 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self) -> DecodeResult<u64> {
+        // Most varints here are one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let byte = self.u8()?;
@@ -130,6 +145,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint that must fit `max`.
+    #[inline]
     pub(crate) fn varint_max(&mut self, max: u64, field: &str) -> DecodeResult<u64> {
         let v = self.varint()?;
         if v > max {
@@ -139,6 +155,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-prefixed byte string of at most `max` bytes.
+    #[inline]
     pub(crate) fn bytes(&mut self, max: usize, field: &str) -> DecodeResult<&'a [u8]> {
         let len = self.varint_max(max as u64, field)? as usize;
         self.take(len)

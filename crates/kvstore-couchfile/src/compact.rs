@@ -321,10 +321,7 @@ pub(crate) fn compact(vb: &CouchVb, config: &CompactionConfig) -> StoreResult<Co
     }
     w.file = Arc::clone(&file);
     w.end = end;
-    vb.publish(View {
-        file,
-        header: state.clone(),
-    });
+    vb.publish(View::new(file, state.clone()));
     vb.set_revision(new_rev);
     drop(w);
 

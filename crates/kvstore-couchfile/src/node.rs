@@ -12,6 +12,7 @@
 
 use crate::block::ChunkPtr;
 use crate::codec::{DecodeError, DecodeResult, Reader, put_bytes, put_varint, slice_of};
+
 use bytes::Bytes;
 
 /// The largest uncompressed node a file may hold.
@@ -69,7 +70,7 @@ impl Reduce {
 }
 
 /// A pointer to a child node with what the parent knows of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ChildRef {
     /// The largest key in the child's subtree.
     pub max_key: Bytes,
@@ -77,15 +78,247 @@ pub struct ChildRef {
     pub ptr: ChunkPtr,
     /// The child's reduction.
     pub reduce: Reduce,
+    /// The decoded child, once read, when it is an interior node (a
+    /// "swizzled" pointer). Interior nodes are a small share of a tree, so
+    /// keeping them reachable from their parent bounds memory while saving
+    /// a cache lookup per level; leaves always go through the node cache.
+    pub resolved: Resolved,
 }
+
+impl ChildRef {
+    /// A reference to a child not read yet.
+    #[must_use]
+    pub fn new(max_key: Bytes, ptr: ChunkPtr, reduce: Reduce) -> Self {
+        ChildRef {
+            max_key,
+            ptr,
+            reduce,
+            resolved: Resolved::default(),
+        }
+    }
+}
+
+impl PartialEq for ChildRef {
+    fn eq(&self, o: &Self) -> bool {
+        self.max_key == o.max_key && self.ptr == o.ptr && self.reduce == o.reduce
+    }
+}
+
+impl Eq for ChildRef {}
+
+/// A lazily filled slot for a decoded interior node.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved(std::sync::OnceLock<std::sync::Arc<Node>>);
+
+impl Resolved {
+    /// The node, if resolved.
+    #[must_use]
+    pub fn get(&self) -> Option<&std::sync::Arc<Node>> {
+        self.0.get()
+    }
+
+    /// Keeps `node` if it is an interior node (first writer wins).
+    pub fn keep(&self, node: &std::sync::Arc<Node>) {
+        if matches!(**node, Node::Interior(_)) {
+            let _ = self.0.set(std::sync::Arc::clone(node));
+        }
+    }
+}
+
+/// A decoded leaf, kept compact for lookups: its encoded bytes plus, per
+/// entry, where its key and value sit in them. A binary search touches the
+/// small offset array and the probed keys only.
+#[derive(Clone)]
+pub struct Leaf {
+    raw: Bytes,
+    keys: Vec<(u32, u32)>,
+    vals: Vec<(u32, u32)>,
+}
+
+impl Leaf {
+    /// Encodes `entries` (sorted by key) into a leaf.
+    #[must_use]
+    pub fn from_entries(entries: &[(Bytes, Bytes)]) -> Leaf {
+        let size: usize = 10
+            + entries
+                .iter()
+                .map(|(k, v)| leaf_entry_size(k, v))
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.push(KIND_LEAF);
+        put_varint(&mut out, entries.len() as u64);
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut vals = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            put_varint(&mut out, k.len() as u64);
+            keys.push((out.len() as u32, k.len() as u32));
+            out.extend_from_slice(k);
+            put_varint(&mut out, v.len() as u64);
+            vals.push((out.len() as u32, v.len() as u32));
+            out.extend_from_slice(v);
+        }
+        Leaf {
+            raw: Bytes::from(out),
+            keys,
+            vals,
+        }
+    }
+
+    /// Entries.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key of entry `i`.
+    #[must_use]
+    pub fn key(&self, i: usize) -> &[u8] {
+        let (o, l) = self.keys[i];
+        &self.raw[o as usize..(o + l) as usize]
+    }
+
+    /// The key of entry `i`, shared.
+    #[must_use]
+    pub fn key_bytes(&self, i: usize) -> Bytes {
+        let (o, l) = self.keys[i];
+        self.raw.slice(o as usize..(o + l) as usize)
+    }
+
+    /// The value of entry `i`, shared.
+    #[must_use]
+    pub fn value(&self, i: usize) -> Bytes {
+        let (o, l) = self.vals[i];
+        self.raw.slice(o as usize..(o + l) as usize)
+    }
+
+    /// The index of `key`, or where it would go.
+    pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.key(mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    /// The first entry whose key is at least `key`.
+    #[must_use]
+    pub fn lower_bound(&self, key: &[u8]) -> usize {
+        match self.search(key) {
+            Ok(i) | Err(i) => i,
+        }
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
+        (0..self.len()).map(|i| (self.key_bytes(i), self.value(i)))
+    }
+
+    /// The encoded (uncompressed) leaf.
+    #[must_use]
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+}
+
+impl PartialEq for Leaf {
+    fn eq(&self, o: &Self) -> bool {
+        self.len() == o.len() && self.entries().eq(o.entries())
+    }
+}
+
+impl Eq for Leaf {}
+
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.entries()).finish()
+    }
+}
+
+/// A decoded interior node: its children, plus a packed copy of their max
+/// keys so a search reads a small contiguous buffer.
+#[derive(Debug, Clone)]
+pub struct Interior {
+    children: Vec<ChildRef>,
+    keys: Vec<u8>,
+    offs: Vec<(u32, u32)>,
+}
+
+impl Interior {
+    /// An interior node over `children` (sorted by max key).
+    #[must_use]
+    pub fn new(children: Vec<ChildRef>) -> Self {
+        let mut keys = Vec::with_capacity(children.iter().map(|c| c.max_key.len()).sum());
+        let mut offs = Vec::with_capacity(children.len());
+        for c in &children {
+            offs.push((keys.len() as u32, c.max_key.len() as u32));
+            keys.extend_from_slice(&c.max_key);
+        }
+        Interior {
+            children,
+            keys,
+            offs,
+        }
+    }
+
+    /// The children.
+    #[must_use]
+    pub fn children(&self) -> &[ChildRef] {
+        &self.children
+    }
+
+    /// The children, by value.
+    #[must_use]
+    pub fn into_children(self) -> Vec<ChildRef> {
+        self.children
+    }
+
+    fn max_key(&self, i: usize) -> &[u8] {
+        let (o, l) = self.offs[i];
+        &self.keys[o as usize..(o + l) as usize]
+    }
+
+    /// The first child whose max key is at least `key` (`len()` if none).
+    #[must_use]
+    pub fn route(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.offs.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.max_key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+impl PartialEq for Interior {
+    fn eq(&self, o: &Self) -> bool {
+        self.children == o.children
+    }
+}
+
+impl Eq for Interior {}
 
 /// A decoded node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// Keys and values, sorted by key.
-    Leaf(Vec<(Bytes, Bytes)>),
+    Leaf(Leaf),
     /// Children, sorted by their max key.
-    Interior(Vec<ChildRef>),
+    Interior(Interior),
 }
 
 const KIND_LEAF: u8 = 1;
@@ -119,15 +352,9 @@ impl Node {
     pub fn encode_raw(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(4096);
         match self {
-            Node::Leaf(entries) => {
-                out.push(KIND_LEAF);
-                put_varint(&mut out, entries.len() as u64);
-                for (k, v) in entries {
-                    put_bytes(&mut out, k);
-                    put_bytes(&mut out, v);
-                }
-            }
-            Node::Interior(children) => {
+            Node::Leaf(leaf) => out.extend_from_slice(leaf.raw()),
+            Node::Interior(node) => {
+                let children = node.children();
                 out.push(KIND_INTERIOR);
                 put_varint(&mut out, children.len() as u64);
                 for c in children {
@@ -209,13 +436,21 @@ impl Node {
         let count = r.varint_max(raw.len() as u64 / 2, "entry count")? as usize;
         let node = match kind {
             KIND_LEAF => {
-                let mut entries = Vec::with_capacity(count);
+                let mut keys = Vec::with_capacity(count);
+                let mut vals = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let k = r.bytes(MAX_NODE_LEN, "key length")?;
-                    let v = r.bytes(MAX_NODE_LEN, "value length")?;
-                    entries.push((slice_of(&raw, k), slice_of(&raw, v)));
+                    let klen = r.varint_max(MAX_NODE_LEN as u64, "key length")? as u32;
+                    keys.push((r.pos() as u32, klen));
+                    r.take(klen as usize)?;
+                    let vlen = r.varint_max(MAX_NODE_LEN as u64, "value length")? as u32;
+                    vals.push((r.pos() as u32, vlen));
+                    r.take(vlen as usize)?;
                 }
-                Node::Leaf(entries)
+                Node::Leaf(Leaf {
+                    raw: raw.clone(),
+                    keys,
+                    vals,
+                })
             }
             KIND_INTERIOR => {
                 let mut children = Vec::with_capacity(count);
@@ -228,16 +463,16 @@ impl Node {
                         deleted: r.varint()?,
                         bytes: r.varint()?,
                     };
-                    children.push(ChildRef {
-                        max_key: slice_of(&raw, k),
-                        ptr: ChunkPtr { offset, len },
+                    children.push(ChildRef::new(
+                        slice_of(&raw, k),
+                        ChunkPtr { offset, len },
                         reduce,
-                    });
+                    ));
                 }
                 if children.is_empty() {
                     return Err(DecodeError::new("node", "interior node with no children"));
                 }
-                Node::Interior(children)
+                Node::Interior(Interior::new(children))
             }
             other => {
                 return Err(DecodeError::new(
@@ -260,8 +495,8 @@ impl Node {
 
     fn is_sorted(&self) -> bool {
         match self {
-            Node::Leaf(e) => e.windows(2).all(|w| w[0].0 < w[1].0),
-            Node::Interior(c) => c.windows(2).all(|w| w[0].max_key < w[1].max_key),
+            Node::Leaf(l) => (1..l.len()).all(|i| l.key(i - 1) < l.key(i)),
+            Node::Interior(n) => n.children().windows(2).all(|w| w[0].max_key < w[1].max_key),
         }
     }
 
@@ -269,8 +504,14 @@ impl Node {
     #[must_use]
     pub fn weight(&self) -> usize {
         match self {
-            Node::Leaf(e) => e.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>() + 64,
-            Node::Interior(c) => c.iter().map(|c| c.max_key.len() + 96).sum::<usize>() + 64,
+            Node::Leaf(l) => l.raw.len() + l.len() * 16 + 96,
+            Node::Interior(n) => {
+                n.children()
+                    .iter()
+                    .map(|c| c.max_key.len() * 2 + 112)
+                    .sum::<usize>()
+                    + 64
+            }
         }
     }
 }
@@ -280,61 +521,72 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn entries() -> Vec<(Bytes, Bytes)> {
+        (0..50u32)
+            .map(|i| {
+                (
+                    Bytes::from(format!("key{i:04}")),
+                    Bytes::from(vec![i as u8; (i % 7) as usize]),
+                )
+            })
+            .collect()
+    }
+
     fn leaf() -> Node {
-        Node::Leaf(
-            (0..50u32)
-                .map(|i| {
-                    (
-                        Bytes::from(format!("key{i:04}")),
-                        Bytes::from(vec![i as u8; (i % 7) as usize]),
-                    )
-                })
-                .collect(),
-        )
+        Node::Leaf(Leaf::from_entries(&entries()))
     }
 
     #[test]
     fn roundtrip_every_codec() {
-        let interior = Node::Interior(vec![
-            ChildRef {
-                max_key: Bytes::from_static(b"a"),
-                ptr: ChunkPtr { offset: 1, len: 2 },
-                reduce: Reduce {
+        let interior = Node::Interior(Interior::new(vec![
+            ChildRef::new(
+                Bytes::from_static(b"a"),
+                ChunkPtr { offset: 1, len: 2 },
+                Reduce {
                     live: 3,
                     deleted: 4,
                     bytes: 5,
                 },
-            },
-            ChildRef {
-                max_key: Bytes::from_static(b"b"),
-                ptr: ChunkPtr {
+            ),
+            ChildRef::new(
+                Bytes::from_static(b"b"),
+                ChunkPtr {
                     offset: u64::MAX,
                     len: u32::MAX,
                 },
-                reduce: Reduce::default(),
-            },
-        ]);
+                Reduce::default(),
+            ),
+        ]));
         for codec in [Compression::None, Compression::Snappy, Compression::Lz4] {
-            for n in [leaf(), interior.clone(), Node::Leaf(vec![])] {
+            for n in [
+                leaf(),
+                interior.clone(),
+                Node::Leaf(Leaf::from_entries(&[])),
+            ] {
                 let enc = n.encode(codec);
                 assert_eq!(Node::decode(&enc).unwrap(), n, "{codec:?}");
             }
         }
         assert_eq!(
             leaf().encode_raw().len(),
-            2 + match leaf() {
-                Node::Leaf(e) => e.iter().map(|(k, v)| leaf_entry_size(k, v)).sum::<usize>(),
-                Node::Interior(_) => 0,
-            }
+            2 + entries()
+                .iter()
+                .map(|(k, v)| leaf_entry_size(k, v))
+                .sum::<usize>()
         );
+        let Node::Leaf(l) = leaf() else { panic!() };
+        assert_eq!(l.search(b"key0010"), Ok(10));
+        assert_eq!(l.search(b"key0010x"), Err(11));
+        assert_eq!(l.lower_bound(b""), 0);
+        assert_eq!(&l.value(3)[..], &[3, 3, 3]);
     }
 
     #[test]
     fn unsorted_nodes_are_rejected() {
-        let n = Node::Leaf(vec![
+        let n = Node::Leaf(Leaf::from_entries(&[
             (Bytes::from_static(b"b"), Bytes::new()),
             (Bytes::from_static(b"a"), Bytes::new()),
-        ]);
+        ]));
         assert!(Node::decode(&n.encode(Compression::Lz4)).is_err());
     }
 

@@ -432,6 +432,20 @@ pub struct View {
     pub file: Arc<CouchFile>,
     /// The header.
     pub header: Header,
+    /// The decoded roots (by key, by seqno, local), filled on first use.
+    pub roots: [crate::node::Resolved; 3],
+}
+
+impl View {
+    /// A view of `header` in `file`.
+    #[must_use]
+    pub fn new(file: Arc<CouchFile>, header: Header) -> Self {
+        View {
+            file,
+            header,
+            roots: Default::default(),
+        }
+    }
 }
 
 /// Nodes a commit wrote, to be cached once it lands.
@@ -454,6 +468,8 @@ pub struct CouchVb {
     pub(crate) maintenance: Mutex<()>,
     pub(crate) stop_compaction: AtomicBool,
     poisoned: Mutex<Option<String>>,
+    /// Set with `poisoned`, so the common path checks an atomic, not a lock.
+    is_poisoned: AtomicBool,
     pub(crate) deleted: AtomicBool,
 }
 
@@ -479,14 +495,12 @@ impl CouchVb {
             vbid,
             shared: Arc::clone(shared),
             revision: RwLock::new(revision),
-            current: RwLock::new(Arc::new(View {
-                file: Arc::clone(&file),
-                header,
-            })),
+            current: RwLock::new(Arc::new(View::new(Arc::clone(&file), header))),
             writer: Mutex::new(WriterState { file, end }),
             maintenance: Mutex::new(()),
             stop_compaction: AtomicBool::new(false),
             poisoned: Mutex::new(None),
+            is_poisoned: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
         })
     }
@@ -514,6 +528,9 @@ impl CouchVb {
                 revision: self.revision(),
             });
         }
+        if !self.is_poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(cause) = lock(&self.poisoned).clone() {
             return Err(StoreError::Poisoned {
                 path: self.view().file.path().to_path_buf(),
@@ -527,6 +544,7 @@ impl CouchVb {
     pub(crate) fn poison(&self, e: StoreError) -> StoreError {
         tracing::error!(vbid = %self.vbid, error = %e, "store poisoned; reopen to recover");
         *lock(&self.poisoned) = Some(e.to_string());
+        self.is_poisoned.store(true, Ordering::Release);
         e
     }
 
@@ -551,10 +569,7 @@ impl CouchVb {
         for (ptr, node) in nodes {
             w.file.cache_node(ptr, node);
         }
-        self.publish(View {
-            file: Arc::clone(&w.file),
-            header,
-        });
+        self.publish(View::new(Arc::clone(&w.file), header));
         Ok(())
     }
 
@@ -739,7 +754,13 @@ impl VbStore for CouchVb {
     fn get(&self, key: &DiskKey) -> StoreResult<Option<Document>> {
         self.check()?;
         let view = self.view();
-        let Some(raw) = lookup(&*view.file, view.header.by_key.as_ref(), key.as_bytes())? else {
+        let Some(raw) = lookup(
+            &*view.file,
+            view.header.by_key.as_ref(),
+            Some(&view.roots[0]),
+            key.as_bytes(),
+        )?
+        else {
             return Ok(None);
         };
         let rec = Self::decode_by_key(&view.file, &raw)?;
@@ -750,15 +771,20 @@ impl VbStore for CouchVb {
         self.check()?;
         let view = self.view();
         keys.iter()
-            .map(
-                |key| match lookup(&*view.file, view.header.by_key.as_ref(), key.as_bytes())? {
+            .map(|key| {
+                match lookup(
+                    &*view.file,
+                    view.header.by_key.as_ref(),
+                    Some(&view.roots[0]),
+                    key.as_bytes(),
+                )? {
                     None => Ok(None),
                     Some(raw) => {
                         let rec = Self::decode_by_key(&view.file, &raw)?;
                         Ok(Some(self.record_to_doc(&view.file, key.clone(), rec)?))
                     }
-                },
-            )
+                }
+            })
             .collect()
     }
 
@@ -897,7 +923,12 @@ impl VbStore for CouchVb {
     fn get_local(&self, name: &str) -> StoreResult<Option<Bytes>> {
         self.check()?;
         let view = self.view();
-        lookup(&*view.file, view.header.local.as_ref(), name.as_bytes())
+        lookup(
+            &*view.file,
+            view.header.local.as_ref(),
+            Some(&view.roots[2]),
+            name.as_bytes(),
+        )
     }
 
     fn list_local(&self) -> StoreResult<Vec<(String, Bytes)>> {
@@ -923,6 +954,7 @@ impl VbStore for CouchVb {
         let Some(raw) = lookup(
             &*view.file,
             view.header.local.as_ref(),
+            Some(&view.roots[2]),
             VBSTATE_LOCAL_NAME.as_bytes(),
         )?
         else {
