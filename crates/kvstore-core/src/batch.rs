@@ -62,17 +62,17 @@ pub fn prepare(vbid: Vbid, high: Seqno, batch: CommitBatch) -> StoreResult<Prepa
         });
     }
 
-    let mut by_key: BTreeMap<crate::DiskKey, Document> = BTreeMap::new();
-    for doc in items {
-        match by_key.get(&doc.key) {
-            Some(old) if old.meta.seqno > doc.meta.seqno => {}
-            _ => {
-                by_key.insert(doc.key.clone(), doc);
-            }
-        }
-    }
-    let items: Vec<Document> = by_key.into_values().collect();
-    let max_seqno = items.iter().map(|d| d.meta.seqno).max();
+    // Sort by key, newest seqno first within a key, and keep the first of
+    // each key: one version per key, the highest seqno winning. (Seqnos are
+    // unique, so the order is total.)
+    let mut items = items;
+    items.sort_unstable_by(|a, b| {
+        a.key
+            .cmp(&b.key)
+            .then_with(|| b.meta.seqno.cmp(&a.meta.seqno))
+    });
+    items.dedup_by(|later, kept| later.key == kept.key);
+    let max_seqno = seqnos.last().copied();
     let max_deleted_seqno = items
         .iter()
         .filter(|d| d.is_deleted())
