@@ -50,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <ci [--fail-fast] | loom [--deep] | deny | bench [ARGS...]>"
+    "usage: cargo xtask <ci [--fail-fast] | loom [--deep] | deny | bench [--quick | --criterion | ARGS...]>"
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
@@ -418,11 +418,29 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
+/// `bench [--criterion] [ARGS]`: the backend comparison (the bench crate's
+/// driver, which writes `target/bench-report/`), or with `--criterion` the
+/// crates' criterion benches.
 fn bench(args: &[String]) -> Result<()> {
-    if !root().join("crates/bench/Cargo.toml").exists() {
-        return Err("the bench crate does not exist yet".into());
+    if workspace_has_rocks() {
+        ensure_libclang()?;
     }
-    let mut all: Vec<&str> = vec!["run", "--release", "-p", "bench", "--"];
+    if args.iter().any(|a| a == "--criterion") {
+        let mut all: Vec<&str> = vec!["bench", "--workspace", "--all-features"];
+        let rest: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| *a != "--criterion")
+            .collect();
+        if !rest.is_empty() {
+            all.push("--");
+            all.extend(rest);
+        }
+        return run("criterion benches", cargo_cmd(&all));
+    }
+    // The bench profile (release settings) shares its RocksDB build with
+    // `cargo bench`.
+    let mut all: Vec<&str> = vec!["run", "--profile", "bench", "-p", "bench", "--"];
     all.extend(args.iter().map(String::as_str));
     run("bench", cargo_cmd(&all))
 }

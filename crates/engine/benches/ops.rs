@@ -16,10 +16,14 @@ fn key(i: u64) -> DiskKey {
 }
 
 fn backends() -> Vec<(&'static str, Backend)> {
-    vec![
+    #[allow(unused_mut)]
+    let mut v = vec![
         ("memory", Backend::Memory),
         ("couchfile", Backend::Couchfile(Default::default())),
-    ]
+    ];
+    #[cfg(feature = "rocks")]
+    v.push(("rocksdb", Backend::Rocks(Default::default())));
+    v
 }
 
 fn engine(dir: &std::path::Path, backend: Backend) -> Engine {

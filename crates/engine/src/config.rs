@@ -12,6 +12,10 @@ pub enum Backend {
     Couchfile(CouchConfig),
     /// In memory only: nothing survives the process.
     Memory,
+    /// RocksDB (feature `rocks`), in the `rocksdb` subdirectory of the data
+    /// directory.
+    #[cfg(feature = "rocks")]
+    Rocks(kvstore_rocks::RocksConfig),
 }
 
 impl Default for Backend {

@@ -267,6 +267,11 @@ fn open_backend(config: &EngineConfig) -> EngineResult<std::sync::Arc<dyn KvStor
             c.clone(),
         )?),
         Backend::Memory => std::sync::Arc::new(MemStore::new()),
+        #[cfg(feature = "rocks")]
+        Backend::Rocks(c) => std::sync::Arc::new(kvstore_rocks::RocksStore::open(
+            config.data_dir.join("rocksdb"),
+            c.clone(),
+        )?),
     })
 }
 

@@ -624,6 +624,8 @@ macro_rules! resurrection_on {
 
 resurrection_on!(resurrection_memory, Backend::Memory);
 resurrection_on!(resurrection_couchfile, couch());
+#[cfg(feature = "rocks")]
+resurrection_on!(resurrection_rocksdb, Backend::Rocks(Default::default()));
 
 /// One change a random step proposes.
 #[derive(Debug, Clone)]

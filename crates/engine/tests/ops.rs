@@ -442,6 +442,8 @@ macro_rules! on_backend {
 
 on_backend!(memory, Backend::Memory);
 on_backend!(couchfile, Backend::Couchfile(Default::default()));
+#[cfg(feature = "rocks")]
+on_backend!(rocksdb, Backend::Rocks(Default::default()));
 
 /// A flush that fails reports its status to the waiting cookie, keeps the
 /// item dirty, and shows the error in the vbucket's stats.

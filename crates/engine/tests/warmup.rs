@@ -20,6 +20,16 @@ fn couch() -> Backend {
 
 #[test]
 fn clean_shutdown_and_warmup_restore_everything() {
+    warmup_restores(couch());
+}
+
+#[cfg(feature = "rocks")]
+#[test]
+fn clean_shutdown_and_warmup_restore_everything_on_rocksdb() {
+    warmup_restores(Backend::Rocks(Default::default()));
+}
+
+fn warmup_restores(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut expect = BTreeMap::new();
     let states = [
@@ -29,7 +39,7 @@ fn clean_shutdown_and_warmup_restore_everything() {
         VbState::Pending,
     ];
     let (highs, last_cas) = {
-        let o = open(dir.path(), couch(), 2);
+        let o = open(dir.path(), backend.clone(), 2);
         let e = &o.engine;
         for (v, _) in states.iter().enumerate() {
             e.create_vbucket(Vbid(v as u16), VbState::Active).unwrap();
@@ -64,7 +74,7 @@ fn clean_shutdown_and_warmup_restore_everything() {
         o.engine.shutdown().unwrap();
         (highs, last_cas)
     };
-    let o = open(dir.path(), couch(), 2);
+    let o = open(dir.path(), backend.clone(), 2);
     let e = &o.engine;
     for (v, s) in states.iter().enumerate() {
         let st = e.vbucket_stats(Vbid(v as u16)).unwrap();

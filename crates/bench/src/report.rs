@@ -1,0 +1,301 @@
+//! The comparison table, the JSON report, and one SVG chart per workload.
+
+use crate::stores::Kind;
+use crate::workloads::{Measure, Settings, StoreRun, WORKLOADS};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The sizes used.
+    pub settings: Settings,
+    /// The machine it ran on.
+    pub machine: String,
+    /// When it ran (UTC, from the system clock).
+    pub when: String,
+    /// One run per store.
+    pub runs: Vec<StoreRun>,
+}
+
+fn measure<'a>(run: &'a StoreRun, workload: &str) -> Option<&'a Measure> {
+    run.measures.iter().find(|m| m.workload == workload)
+}
+
+fn is_peer(name: &str) -> bool {
+    Kind::parse(name).is_some_and(Kind::is_peer)
+}
+
+/// The best ops/s of a peer on `workload`.
+fn best_peer(r: &Report, workload: &str) -> Option<(String, f64)> {
+    r.runs
+        .iter()
+        .filter(|run| is_peer(&run.store))
+        .filter_map(|run| measure(run, workload).map(|m| (run.store.clone(), m.ops_per_sec)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Ops/s of `store` on `workload`.
+#[must_use]
+pub fn ops(r: &Report, store: &str, workload: &str) -> Option<f64> {
+    r.runs
+        .iter()
+        .find(|run| run.store == store)
+        .and_then(|run| measure(run, workload))
+        .map(|m| m.ops_per_sec)
+}
+
+fn human(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} K", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn bytes(b: Option<u64>) -> String {
+    match b {
+        None => "-".into(),
+        Some(b) if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+        Some(b) => format!("{:.0} KiB", b as f64 / 1024.0),
+    }
+}
+
+/// The machine: CPU model, cores, memory.
+#[must_use]
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "? GiB".into(),
+            |k| format!("{:.0} GiB", k as f64 / 1048576.0),
+        );
+    format!("{cpu}, {cores} cores, {mem}")
+}
+
+/// The report as markdown: settings, the ops/s table with ratios to the
+/// best peer, latencies, sizes, memory, and the targets.
+#[must_use]
+pub fn markdown(r: &Report) -> String {
+    let s = &r.settings;
+    let mut out = String::new();
+    let _ = writeln!(out, "# Storage benchmark\n");
+    let _ = writeln!(out, "- machine: {}", r.machine);
+    let _ = writeln!(out, "- run at: {}", r.when);
+    let _ = writeln!(
+        out,
+        "- {} items, {}-byte keys, {}-byte values, {} per commit; {} random reads; fillsync {} commits; vbucket workload over {} vbuckets in {} rounds",
+        s.items,
+        s.key_size,
+        s.value_size,
+        s.batch,
+        s.reads,
+        s.sync_items,
+        s.vbuckets,
+        s.vbucket_rounds
+    );
+    let _ = writeln!(
+        out,
+        "- durability: fillseq, fillrandom, overwrite and deleterandom commit without a sync; fillbatch, fillsync and vbucket sync every commit (WAL fsync for the LSM stores, file fsync for the B-trees)"
+    );
+    let _ = writeln!(
+        out,
+        "- every store keeps a by-key index and a by-seqno index, updated in one atomic batch per commit (old seqno entries removed on overwrite; deletes kept as tombstones); the peers keep them as two tables or column families\n"
+    );
+    let stores: Vec<&str> = r.runs.iter().map(|x| x.store.as_str()).collect();
+    let _ = writeln!(
+        out,
+        "## Throughput (ops/s, and the ratio to the best peer)\n"
+    );
+    let _ = writeln!(out, "| workload | {} | best peer |", stores.join(" | "));
+    let _ = writeln!(out, "|---|{}---|", "---|".repeat(stores.len()));
+    for w in WORKLOADS {
+        let best = best_peer(r, w);
+        let mut row = format!("| {w} |");
+        for st in &stores {
+            match ops(r, st, w) {
+                Some(x) => {
+                    let ratio = best
+                        .as_ref()
+                        .filter(|b| b.1 > 0.0)
+                        .map(|b| format!(" ({:.2}x)", x / b.1))
+                        .unwrap_or_default();
+                    let _ = write!(row, " {}{ratio} |", human(x));
+                }
+                None => row.push_str(" - |"),
+            }
+        }
+        let _ = write!(row, " {} |", best.map_or("-".into(), |b| b.0));
+        let _ = writeln!(out, "{row}");
+    }
+    let _ = writeln!(
+        out,
+        "\n## Latency of timed operations (p50 / p99, microseconds)\n"
+    );
+    let _ = writeln!(out, "| workload | {} |", stores.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(stores.len()));
+    for w in WORKLOADS {
+        let cells: Vec<String> = r
+            .runs
+            .iter()
+            .map(|run| match measure(run, w) {
+                Some(Measure {
+                    p50_us: Some(p50),
+                    p99_us: Some(p99),
+                    ..
+                }) => format!("{p50:.1} / {p99:.1}"),
+                _ => "-".into(),
+            })
+            .collect();
+        if cells.iter().any(|c| c != "-") {
+            let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
+        }
+    }
+    let _ = writeln!(out, "\n## Size on disk and memory\n");
+    let _ = writeln!(
+        out,
+        "| store | after load | after deletes + compaction | peak RSS |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    for run in &r.runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} MiB |",
+            run.store,
+            bytes(run.disk_after_load),
+            bytes(run.disk_after_compaction),
+            run.peak_rss_kib / 1024
+        );
+    }
+    let errors: Vec<&StoreRun> = r.runs.iter().filter(|x| x.error.is_some()).collect();
+    if !errors.is_empty() {
+        let _ = writeln!(out, "\n## Errors\n");
+        for run in errors {
+            let _ = writeln!(
+                out,
+                "- {}: {}",
+                run.store,
+                run.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let t = targets(r);
+    if !t.is_empty() {
+        let _ = writeln!(out, "\n## Targets\n");
+        for line in t {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
+    out
+}
+
+/// The project's targets, evaluated on this run.
+#[must_use]
+pub fn targets(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    let ratio = |a: &str, b: &str, w: &str| Some(ops(r, a, w)? / ops(r, b, w)?);
+    let verdict = |x: f64, min: f64| if x >= min { "met" } else { "MISSED" };
+    for (peer, w) in [
+        ("rocksdb", "fillbatch"),
+        ("redb", "fillbatch"),
+        ("redb", "readrandom"),
+    ] {
+        if let Some(x) = ratio("couchfile", peer, w) {
+            out.push(format!(
+                "couchfile {w} >= 1.0x {peer}: {x:.2}x, {}",
+                verdict(x, 1.0)
+            ));
+        }
+    }
+    for w in WORKLOADS {
+        if let Some(x) = ratio("kvstore-rocks", "rocksdb", w) {
+            out.push(format!(
+                "kvstore-rocks within 10% of raw rocksdb on {w}: {x:.2}x, {}",
+                verdict(x, 0.9)
+            ));
+        }
+    }
+    out
+}
+
+/// A horizontal bar chart of one workload's ops/s per store, as SVG.
+#[must_use]
+pub fn chart(r: &Report, workload: &str) -> String {
+    let bars: Vec<(String, f64)> = r
+        .runs
+        .iter()
+        .filter_map(|run| measure(run, workload).map(|m| (run.store.clone(), m.ops_per_sec)))
+        .collect();
+    let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max).max(1.0);
+    let (w, left, bar_h, gap, top) = (720.0, 140.0, 28.0, 12.0, 48.0);
+    let h = top + (bar_h + gap) * bars.len() as f64 + 24.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="12" y="26" font-size="16" font-weight="bold">{workload}: operations per second (higher is better)</text>"#
+    );
+    let span = w - left - 130.0;
+    for (i, (store, x)) in bars.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + gap);
+        let len = (x / max * span).max(1.0);
+        let color = if is_peer(store) { "#9aa7b8" } else { "#2f6fb5" };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{store}</text>"#,
+            left - 8.0,
+            y + bar_h * 0.7
+        );
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{left}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{color}"/>"#
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}">{}</text>"#,
+            left + len + 6.0,
+            y + bar_h * 0.7,
+            human(*x)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes `report.md`, `report.json` and `charts/<workload>.svg` into `dir`.
+pub fn write(r: &Report, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("charts"))?;
+    std::fs::write(dir.join("report.md"), markdown(r))?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(r).map_err(std::io::Error::other)?,
+    )?;
+    for w in WORKLOADS {
+        if r.runs.iter().any(|run| measure(run, w).is_some()) {
+            std::fs::write(dir.join("charts").join(format!("{w}.svg")), chart(r, w))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,638 @@
+//! The stores under test, behind one small trait.
+//!
+//! Our backends run through the `KvStore` contract, one `VbStore` per
+//! vbucket. The peers keep what a vbucket store must keep, the same way:
+//! a by-key index (key → seqno, flags, value) and a by-seqno index
+//! (seqno → key), written in one atomic batch per commit, with the old
+//! seqno entry removed when a key is overwritten (which needs a read of the
+//! old version, as our backends do) and deletes kept as tombstones. Vbuckets
+//! are a 2-byte key prefix in the peers' single database.
+
+use kvstore_core::{
+    CollectionId, CommitBatch, CompactionConfig, DiskKey, Document, KeyRange, KvStore, ScanControl,
+    ScanOptions, Seqno, VbStore, Vbid,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A store error, as text (the bench reports it and stops).
+pub type Result<T> = std::result::Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (empty for a delete).
+    pub value: Vec<u8>,
+    /// The seqno the driver assigned.
+    pub seqno: u64,
+    /// A delete (a tombstone).
+    pub deleted: bool,
+}
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// kvstore-couchfile through the trait.
+    Couchfile,
+    /// kvstore-rocks through the trait.
+    RocksBackend,
+    /// rocksdb calls, same settings as kvstore-rocks.
+    RawRocks,
+    /// redb.
+    Redb,
+    /// fjall.
+    Fjall,
+}
+
+impl Kind {
+    /// Every store.
+    pub const ALL: [Kind; 5] = [
+        Kind::Couchfile,
+        Kind::RocksBackend,
+        Kind::RawRocks,
+        Kind::Redb,
+        Kind::Fjall,
+    ];
+
+    /// Its name in reports and on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Couchfile => "couchfile",
+            Kind::RocksBackend => "kvstore-rocks",
+            Kind::RawRocks => "rocksdb",
+            Kind::Redb => "redb",
+            Kind::Fjall => "fjall",
+        }
+    }
+
+    /// Parses a name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// True for the stores a user would pick instead of ours.
+    #[must_use]
+    pub fn is_peer(self) -> bool {
+        matches!(self, Kind::RawRocks | Kind::Redb | Kind::Fjall)
+    }
+}
+
+/// What the workloads need of a store.
+pub trait BenchStore {
+    /// Commits one batch to vbucket `vb`, synced or not.
+    fn write(&mut self, vb: u16, items: &[Item]) -> Result<()>;
+    /// Reads one key; `None` when absent or deleted.
+    fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Visits live documents of `vb` in key order; returns how many.
+    fn scan_keys(&mut self, vb: u16, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64>;
+    /// Visits documents of `vb` (tombstones too) in seqno order from
+    /// `from`; returns how many.
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64>;
+    /// A full compaction (tombstones purged where the store can).
+    fn compact(&mut self) -> Result<()>;
+    /// Bytes the store takes on disk.
+    fn disk_bytes(&self) -> Result<u64>;
+}
+
+/// Opens `kind` on `dir` (existing data is kept), syncing each commit when
+/// `sync`.
+pub fn open(kind: Kind, dir: &Path, sync: bool, vbuckets: u16) -> Result<Box<dyn BenchStore>> {
+    std::fs::create_dir_all(dir).map_err(err("create directory"))?;
+    Ok(match kind {
+        Kind::Couchfile => {
+            let cfg = kvstore_couchfile::CouchConfig {
+                sync,
+                ..Default::default()
+            };
+            let kv = kvstore_couchfile::CouchStore::open(dir, cfg).map_err(err("couchfile"))?;
+            Box::new(OurStore::open(Arc::new(kv), dir, vbuckets)?)
+        }
+        Kind::RocksBackend => {
+            let cfg = kvstore_rocks::RocksConfig {
+                sync,
+                ..Default::default()
+            };
+            let kv = kvstore_rocks::RocksStore::open(dir, cfg).map_err(err("kvstore-rocks"))?;
+            Box::new(OurStore::open(Arc::new(kv), dir, vbuckets)?)
+        }
+        Kind::RawRocks => Box::new(RawRocks::open(dir, sync)?),
+        Kind::Redb => Box::new(Redb::open(dir, sync)?),
+        Kind::Fjall => Box::new(Fjall::open(dir, sync)?),
+    })
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(err("list directory"))? {
+            let e = e.map_err(err("list directory"))?;
+            let m = e.metadata().map_err(err("stat"))?;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// One of our backends: one vbucket store per vbucket.
+struct OurStore {
+    _kv: Arc<dyn KvStore>,
+    dir: PathBuf,
+    vbs: HashMap<u16, Arc<dyn VbStore>>,
+}
+
+impl OurStore {
+    fn open(kv: Arc<dyn KvStore>, dir: &Path, vbuckets: u16) -> Result<Self> {
+        let mut vbs = HashMap::new();
+        for (vbid, rev) in kv.discover().map_err(err("discover"))? {
+            vbs.insert(vbid.0, kv.open(vbid, rev).map_err(err("open"))?);
+        }
+        for v in 0..vbuckets {
+            if let std::collections::hash_map::Entry::Vacant(e) = vbs.entry(v) {
+                e.insert(kv.create(Vbid(v)).map_err(err("create"))?);
+            }
+        }
+        Ok(OurStore {
+            _kv: kv,
+            dir: dir.to_path_buf(),
+            vbs,
+        })
+    }
+
+    fn vb(&self, vb: u16) -> Result<&Arc<dyn VbStore>> {
+        self.vbs.get(&vb).ok_or_else(|| format!("no vbucket {vb}"))
+    }
+}
+
+fn disk_key(key: &[u8]) -> Result<DiskKey> {
+    DiskKey::new(CollectionId::DEFAULT, key).map_err(err("key"))
+}
+
+impl BenchStore for OurStore {
+    fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
+        let mut batch = CommitBatch::new();
+        for it in items {
+            let key = disk_key(&it.key)?;
+            batch = batch.item(if it.deleted {
+                Document::tombstone(key, Seqno(it.seqno), 1)
+            } else {
+                Document::new(key, Seqno(it.seqno), it.value.clone())
+            });
+        }
+        self.vb(vb)?.commit(batch).map_err(err("commit"))?;
+        Ok(())
+    }
+
+    fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let doc = self.vb(vb)?.get(&disk_key(key)?).map_err(err("get"))?;
+        Ok(doc.filter(|d| !d.is_deleted()).map(|d| d.value.to_vec()))
+    }
+
+    fn scan_keys(&mut self, vb: u16, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        let mut n = 0;
+        self.vb(vb)?
+            .key_range(&KeyRange::all(), &mut |d| {
+                if !d.is_deleted() {
+                    f(d.key.user_key(), &d.value);
+                    n += 1;
+                }
+                ScanControl::Continue
+            })
+            .map_err(err("key range"))?;
+        Ok(n)
+    }
+
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+        let mut n = 0;
+        let mut scan = self
+            .vb(vb)?
+            .seqno_scan(
+                Seqno(from),
+                Seqno(u64::MAX),
+                ScanOptions {
+                    include_deleted: true,
+                    ..ScanOptions::default()
+                },
+            )
+            .map_err(err("seqno scan"))?;
+        scan.run(&mut |d| {
+            f(d.meta.seqno.0, d.key.user_key());
+            n += 1;
+            ScanControl::Continue
+        })
+        .map_err(err("seqno scan"))?;
+        Ok(n)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        let cfg = CompactionConfig {
+            drop_deletes: true,
+            ..CompactionConfig::default()
+        };
+        for vb in self.vbs.values() {
+            vb.compact(&cfg).map_err(err("compact"))?;
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> Result<u64> {
+        dir_bytes(&self.dir)
+    }
+}
+
+/// The by-key value of a peer: seqno (8, BE), tombstone flag (1), value.
+fn peer_value(it: &Item) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + it.value.len());
+    v.extend_from_slice(&it.seqno.to_be_bytes());
+    v.push(u8::from(it.deleted));
+    v.extend_from_slice(&it.value);
+    v
+}
+
+fn peer_decode(raw: &[u8]) -> Result<(u64, bool, &[u8])> {
+    if raw.len() < 9 {
+        return Err(format!("peer value of {} bytes", raw.len()));
+    }
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&raw[..8]);
+    Ok((u64::from_be_bytes(s), raw[8] == 1, &raw[9..]))
+}
+
+fn pkey(vb: u16, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&vb.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn pseq(vb: u16, seqno: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(&vb.to_be_bytes());
+    k[2..].copy_from_slice(&seqno.to_be_bytes());
+    k
+}
+
+/// Raw rocksdb, configured as kvstore-rocks configures it by default.
+struct RawRocks {
+    db: rocksdb::DB,
+    dir: PathBuf,
+    sync: bool,
+}
+
+impl RawRocks {
+    fn open(dir: &Path, sync: bool) -> Result<Self> {
+        let d = kvstore_rocks::RocksConfig::default();
+        let cache = rocksdb::Cache::new_lru_cache(d.block_cache_bytes);
+        let wbm = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+            d.write_buffer_budget_bytes,
+            false,
+            cache.clone(),
+        );
+        let cf_opts = |bloom: bool| {
+            let mut b = rocksdb::BlockBasedOptions::default();
+            b.set_block_cache(&cache);
+            if bloom {
+                b.set_bloom_filter(d.bloom_bits_per_key, false);
+            }
+            let mut o = rocksdb::Options::default();
+            o.set_block_based_table_factory(&b);
+            o.set_write_buffer_size(d.write_buffer_bytes);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+            o
+        };
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(d.max_background_jobs);
+        opts.set_write_buffer_manager(&wbm);
+        let cfs = vec![
+            rocksdb::ColumnFamilyDescriptor::new("data", cf_opts(true)),
+            rocksdb::ColumnFamilyDescriptor::new("seq", cf_opts(false)),
+        ];
+        let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(err("rocksdb open"))?;
+        Ok(RawRocks {
+            db,
+            dir: dir.to_path_buf(),
+            sync,
+        })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| format!("no column family {name}"))
+    }
+}
+
+impl BenchStore for RawRocks {
+    fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
+        let (data, seq) = (self.cf("data")?, self.cf("seq")?);
+        let mut batch = rocksdb::WriteBatch::default();
+        for it in items {
+            let k = pkey(vb, &it.key);
+            if let Some(old) = self.db.get_cf(data, &k).map_err(err("rocksdb get"))? {
+                batch.delete_cf(seq, pseq(vb, peer_decode(&old)?.0));
+            }
+            batch.put_cf(data, &k, peer_value(it));
+            batch.put_cf(seq, pseq(vb, it.seqno), &it.key);
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(batch, &wo).map_err(err("rocksdb write"))
+    }
+
+    fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let data = self.cf("data")?;
+        match self
+            .db
+            .get_pinned_cf(data, pkey(vb, key))
+            .map_err(err("rocksdb get"))?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let (_, deleted, value) = peer_decode(&v)?;
+                Ok((!deleted).then(|| value.to_vec()))
+            }
+        }
+    }
+
+    fn scan_keys(&mut self, vb: u16, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        let data = self.cf("data")?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_range(rocksdb::PrefixRange(vb.to_be_bytes().to_vec()));
+        let mut it = self.db.raw_iterator_cf_opt(data, ro);
+        it.seek_to_first();
+        let mut n = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (_, deleted, value) = peer_decode(v)?;
+            if !deleted {
+                f(&k[2..], value);
+                n += 1;
+            }
+            it.next();
+        }
+        it.status().map_err(err("rocksdb iterate"))?;
+        Ok(n)
+    }
+
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+        let seq = self.cf("seq")?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_range(rocksdb::PrefixRange(vb.to_be_bytes().to_vec()));
+        let mut it = self.db.raw_iterator_cf_opt(seq, ro);
+        it.seek(pseq(vb, from));
+        let mut n = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&k[2..10]);
+            f(u64::from_be_bytes(s), v);
+            n += 1;
+            it.next();
+        }
+        it.status().map_err(err("rocksdb iterate"))?;
+        Ok(n)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in ["data", "seq"] {
+            let cf = self.cf(name)?;
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> Result<u64> {
+        dir_bytes(&self.dir)
+    }
+}
+
+const REDB_DATA: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("data");
+const REDB_SEQ: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("seq");
+
+/// redb: one file, two tables.
+struct Redb {
+    db: redb::Database,
+    path: PathBuf,
+    sync: bool,
+}
+
+impl Redb {
+    fn open(dir: &Path, sync: bool) -> Result<Self> {
+        let path = dir.join("data.redb");
+        let db = redb::Database::create(&path).map_err(err("redb open"))?;
+        let mut s = Redb { db, path, sync };
+        // Create the tables so reads of an empty store work.
+        s.write(0, &[])?;
+        Ok(s)
+    }
+}
+
+impl BenchStore for Redb {
+    fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
+        use redb::ReadableTable;
+        let mut tx = self.db.begin_write().map_err(err("redb begin"))?;
+        tx.set_durability(if self.sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(err("redb durability"))?;
+        {
+            let mut data = tx.open_table(REDB_DATA).map_err(err("redb table"))?;
+            let mut seq = tx.open_table(REDB_SEQ).map_err(err("redb table"))?;
+            for it in items {
+                let k = pkey(vb, &it.key);
+                let old = data
+                    .get(k.as_slice())
+                    .map_err(err("redb get"))?
+                    .map(|g| peer_decode(g.value()).map(|(s, _, _)| s))
+                    .transpose()?;
+                if let Some(old) = old {
+                    seq.remove(pseq(vb, old).as_slice())
+                        .map_err(err("redb remove"))?;
+                }
+                data.insert(k.as_slice(), peer_value(it).as_slice())
+                    .map_err(err("redb insert"))?;
+                seq.insert(pseq(vb, it.seqno).as_slice(), it.key.as_slice())
+                    .map_err(err("redb insert"))?;
+            }
+        }
+        tx.commit().map_err(err("redb commit"))
+    }
+
+    fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read().map_err(err("redb begin"))?;
+        let data = tx.open_table(REDB_DATA).map_err(err("redb table"))?;
+        let k = pkey(vb, key);
+        let Some(g) = data.get(k.as_slice()).map_err(err("redb get"))? else {
+            return Ok(None);
+        };
+        let (_, deleted, value) = peer_decode(g.value())?;
+        Ok((!deleted).then(|| value.to_vec()))
+    }
+
+    fn scan_keys(&mut self, vb: u16, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read().map_err(err("redb begin"))?;
+        let data = tx.open_table(REDB_DATA).map_err(err("redb table"))?;
+        let lo = vb.to_be_bytes();
+        let hi = vb.checked_add(1).map(u16::to_be_bytes);
+        let range = match &hi {
+            Some(hi) => data.range::<&[u8]>(lo.as_slice()..hi.as_slice()),
+            None => data.range::<&[u8]>(lo.as_slice()..),
+        }
+        .map_err(err("redb range"))?;
+        let mut n = 0;
+        for e in range {
+            let (k, v) = e.map_err(err("redb range"))?;
+            let (_, deleted, value) = peer_decode(v.value())?;
+            if !deleted {
+                f(&k.value()[2..], value);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read().map_err(err("redb begin"))?;
+        let seq = tx.open_table(REDB_SEQ).map_err(err("redb table"))?;
+        let lo = pseq(vb, from);
+        let hi = pseq(vb, u64::MAX);
+        let mut n = 0;
+        for e in seq
+            .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+            .map_err(err("redb range"))?
+        {
+            let (k, v) = e.map_err(err("redb range"))?;
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&k.value()[2..10]);
+            f(u64::from_be_bytes(s), v.value());
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        self.db.compact().map_err(err("redb compact"))?;
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> Result<u64> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(err("stat"))
+    }
+}
+
+/// fjall: one database, two keyspaces.
+struct Fjall {
+    db: fjall::Database,
+    data: fjall::Keyspace,
+    seq: fjall::Keyspace,
+    dir: PathBuf,
+    sync: bool,
+}
+
+impl Fjall {
+    fn open(dir: &Path, sync: bool) -> Result<Self> {
+        let db = fjall::Database::builder(dir)
+            .open()
+            .map_err(err("fjall open"))?;
+        let data = db
+            .keyspace("data", fjall::KeyspaceCreateOptions::default)
+            .map_err(err("fjall keyspace"))?;
+        let seq = db
+            .keyspace("seq", fjall::KeyspaceCreateOptions::default)
+            .map_err(err("fjall keyspace"))?;
+        Ok(Fjall {
+            db,
+            data,
+            seq,
+            dir: dir.to_path_buf(),
+            sync,
+        })
+    }
+}
+
+impl BenchStore for Fjall {
+    fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
+        let mut batch = self
+            .db
+            .batch()
+            .durability(self.sync.then_some(fjall::PersistMode::SyncAll));
+        for it in items {
+            let k = pkey(vb, &it.key);
+            if let Some(old) = self.data.get(&k).map_err(err("fjall get"))? {
+                batch.remove(&self.seq, pseq(vb, peer_decode(&old)?.0).to_vec());
+            }
+            batch.insert(&self.data, k, peer_value(it));
+            batch.insert(&self.seq, pseq(vb, it.seqno).to_vec(), it.key.clone());
+        }
+        batch.commit().map_err(err("fjall commit"))
+    }
+
+    fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.data.get(pkey(vb, key)).map_err(err("fjall get"))? {
+            None => Ok(None),
+            Some(v) => {
+                let (_, deleted, value) = peer_decode(&v)?;
+                Ok((!deleted).then(|| value.to_vec()))
+            }
+        }
+    }
+
+    fn scan_keys(&mut self, vb: u16, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        let mut n = 0;
+        for g in self.data.prefix(vb.to_be_bytes()) {
+            let (k, v) = g.into_inner().map_err(err("fjall iterate"))?;
+            let (_, deleted, value) = peer_decode(&v)?;
+            if !deleted {
+                f(&k[2..], value);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+        let mut n = 0;
+        for g in self.seq.range(pseq(vb, from)..=pseq(vb, u64::MAX)) {
+            let (k, v) = g.into_inner().map_err(err("fjall iterate"))?;
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&k[2..10]);
+            f(u64::from_be_bytes(s), &v);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        self.data.major_compact().map_err(err("fjall compact"))?;
+        self.seq.major_compact().map_err(err("fjall compact"))?;
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> Result<u64> {
+        dir_bytes(&self.dir)
+    }
+}
