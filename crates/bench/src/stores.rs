@@ -86,6 +86,9 @@ impl Kind {
     }
 }
 
+/// Sees one document of a by-seqno scan: seqno, key, value.
+pub type SeqnoVisitor<'a> = dyn FnMut(u64, &[u8], &[u8]) + 'a;
+
 /// What the workloads need of a store.
 pub trait BenchStore {
     /// Commits one batch to vbucket `vb`, synced or not.
@@ -94,9 +97,10 @@ pub trait BenchStore {
     fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Visits live documents of `vb` in key order; returns how many.
     fn scan_keys(&mut self, vb: u16, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64>;
-    /// Visits documents of `vb` (tombstones too) in seqno order from
-    /// `from`; returns how many.
-    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64>;
+    /// Visits documents of `vb` (tombstones too, with empty values) in
+    /// seqno order from `from`, with their values, as a replication
+    /// backfill needs them; returns how many.
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64>;
     /// A full compaction (tombstones purged where the store can).
     fn compact(&mut self) -> Result<()>;
     /// Bytes the store takes on disk.
@@ -215,7 +219,7 @@ impl BenchStore for OurStore {
         Ok(n)
     }
 
-    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64> {
         let mut n = 0;
         let mut scan = self
             .vb(vb)?
@@ -229,7 +233,7 @@ impl BenchStore for OurStore {
             )
             .map_err(err("seqno scan"))?;
         scan.run(&mut |d| {
-            f(d.meta.seqno.0, d.key.user_key());
+            f(d.meta.seqno.0, d.key.user_key(), &d.value);
             n += 1;
             ScanControl::Continue
         })
@@ -389,20 +393,44 @@ impl BenchStore for RawRocks {
         Ok(n)
     }
 
-    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
-        let seq = self.cf("seq")?;
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64> {
+        let (seq, data) = (self.cf("seq")?, self.cf("data")?);
+        // One snapshot for both indexes, as a backfill needs.
+        let snap = self.db.snapshot();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_range(rocksdb::PrefixRange(vb.to_be_bytes().to_vec()));
+        ro.set_snapshot(&snap);
         let mut it = self.db.raw_iterator_cf_opt(seq, ro);
         it.seek(pseq(vb, from));
         let mut n = 0;
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let mut pending: Vec<(u64, Vec<u8>)> = Vec::with_capacity(128);
+        let mut flush = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<()> {
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_snapshot(&snap);
+            let keys: Vec<Vec<u8>> = pending.iter().map(|(_, k)| pkey(vb, k)).collect();
+            let vals = self.db.batched_multi_get_cf_opt(data, &keys, true, &ro);
+            for ((s, k), v) in pending.drain(..).zip(vals) {
+                let v = v.map_err(err("rocksdb multi-get"))?;
+                let v = v.ok_or_else(|| "seqno index points at a missing key".to_string())?;
+                let (_, _, value) = peer_decode(&v)?;
+                f(s, &k, value);
+            }
+            Ok(())
+        };
+        while let Some(k) = it.key() {
             let mut s = [0u8; 8];
             s.copy_from_slice(&k[2..10]);
-            f(u64::from_be_bytes(s), v);
+            pending.push((
+                u64::from_be_bytes(s),
+                it.value().unwrap_or_default().to_vec(),
+            ));
             n += 1;
+            if pending.len() == 128 {
+                flush(&mut pending)?;
+            }
             it.next();
         }
+        flush(&mut pending)?;
         it.status().map_err(err("rocksdb iterate"))?;
         Ok(n)
     }
@@ -512,10 +540,11 @@ impl BenchStore for Redb {
         Ok(n)
     }
 
-    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64> {
         use redb::ReadableDatabase;
         let tx = self.db.begin_read().map_err(err("redb begin"))?;
         let seq = tx.open_table(REDB_SEQ).map_err(err("redb table"))?;
+        let data = tx.open_table(REDB_DATA).map_err(err("redb table"))?;
         let lo = pseq(vb, from);
         let hi = pseq(vb, u64::MAX);
         let mut n = 0;
@@ -526,7 +555,13 @@ impl BenchStore for Redb {
             let (k, v) = e.map_err(err("redb range"))?;
             let mut s = [0u8; 8];
             s.copy_from_slice(&k.value()[2..10]);
-            f(u64::from_be_bytes(s), v.value());
+            let key = v.value();
+            let doc = data
+                .get(pkey(vb, key).as_slice())
+                .map_err(err("redb get"))?
+                .ok_or_else(|| "seqno index points at a missing key".to_string())?;
+            let (_, _, value) = peer_decode(doc.value())?;
+            f(u64::from_be_bytes(s), key, value);
             n += 1;
         }
         Ok(n)
@@ -614,13 +649,21 @@ impl BenchStore for Fjall {
         Ok(n)
     }
 
-    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<u64> {
+    fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64> {
+        use fjall::Readable;
+        // One snapshot for both keyspaces, as a backfill needs.
+        let snap = self.db.snapshot();
         let mut n = 0;
-        for g in self.seq.range(pseq(vb, from)..=pseq(vb, u64::MAX)) {
-            let (k, v) = g.into_inner().map_err(err("fjall iterate"))?;
+        for g in snap.range(&self.seq, pseq(vb, from)..=pseq(vb, u64::MAX)) {
+            let (k, key) = g.into_inner().map_err(err("fjall iterate"))?;
             let mut s = [0u8; 8];
             s.copy_from_slice(&k[2..10]);
-            f(u64::from_be_bytes(s), &v);
+            let doc = snap
+                .get(&self.data, pkey(vb, &key))
+                .map_err(err("fjall get"))?
+                .ok_or_else(|| "seqno index points at a missing key".to_string())?;
+            let (_, _, value) = peer_decode(&doc)?;
+            f(u64::from_be_bytes(s), &key, value);
             n += 1;
         }
         Ok(n)

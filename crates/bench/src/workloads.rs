@@ -9,7 +9,7 @@
 //! | readrandom | random gets of present keys (timed each) | - |
 //! | readmissing | random gets of absent keys (timed each) | - |
 //! | readseq | a full scan in key order | - |
-//! | seqnoscan | a full scan in seqno order (a backfill) | - |
+//! | seqnoscan | a full scan in seqno order with values (a backfill), on one snapshot | - |
 //! | deleterandom | N/10 random deletes, 1,000 per commit | not synced |
 //! | compact | a full compaction | - |
 //! | fillbatch | N items, 1,000 per synced commit (timed each) | synced |
@@ -85,9 +85,9 @@ impl Settings {
     #[must_use]
     pub fn quick() -> Self {
         Settings {
-            items: 20_000,
-            reads: 20_000,
-            sync_items: 200,
+            items: 100_000,
+            reads: 100_000,
+            sync_items: 500,
             vbucket_rounds: 1,
             ..Self::full()
         }
@@ -335,9 +335,10 @@ impl Runner<'_> {
         if self.wants("seqnoscan") {
             let mut d = Fnv::new();
             let t = Instant::now();
-            let count = st.scan_seqnos(0, 0, &mut |seqno, k| {
+            let count = st.scan_seqnos(0, 0, &mut |seqno, k, v| {
                 d.add(&seqno.to_be_bytes());
                 d.add(k);
+                d.add(v);
             })?;
             if count != n {
                 return Err(format!("seqnoscan: {count} entries, expected {n}"));

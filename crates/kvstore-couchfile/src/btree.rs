@@ -15,7 +15,7 @@
 //! whole tree sit in the root.
 
 use crate::block::{ChunkPtr, PhysWriter};
-use crate::codec::{DecodeResult, decode_key_value, decode_seqno_value};
+use crate::codec::{DecodeResult, Reader, record_summary};
 use crate::header::Root;
 use crate::node::{
     ChildRef, Compression, Interior, Leaf, Node, Reduce, Resolved, child_entry_size,
@@ -52,12 +52,17 @@ impl TreeKind {
     pub fn reduce(self, key: &Bytes, value: &Bytes) -> DecodeResult<Reduce> {
         let (deleted, bytes) = match self {
             TreeKind::ByKey => {
-                let rec = decode_key_value(value)?;
-                (rec.meta.deleted.is_some(), rec.body_size(key.len()))
+                let mut r = Reader::new(value, "by-key record");
+                let (deleted, vlen) = record_summary(&mut r)?;
+                (deleted, key.len() as u64 + vlen)
             }
             TreeKind::BySeqno => {
-                let (k, rec) = decode_seqno_value(value)?;
-                (rec.meta.deleted.is_some(), rec.body_size(k.len()))
+                let mut r = Reader::new(value, "by-seqno record");
+                let klen = r
+                    .bytes(kvstore_core::key::MAX_DISK_KEY_LEN, "key length")?
+                    .len();
+                let (deleted, vlen) = record_summary(&mut r)?;
+                (deleted, klen as u64 + vlen)
             }
             TreeKind::Local => (false, (key.len() + value.len()) as u64),
         };

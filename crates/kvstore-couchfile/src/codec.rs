@@ -316,6 +316,29 @@ pub(crate) fn encode_seqno_value(key: &DiskKey, rec: &DocRecord, out: &mut Vec<u
     rec.encode(out);
 }
 
+/// Just what a leaf's reduction needs of a record: whether it is a
+/// tombstone and its value length. Skips the rest without decoding it.
+pub(crate) fn record_summary(r: &mut Reader<'_>) -> DecodeResult<(bool, u64)> {
+    r.varint()?; // seqno
+    r.varint()?; // rev seqno
+    r.take(8 + 4 + 4 + 1)?; // cas, flags, expiry, datatype
+    let deleted = r.u8()? != 0;
+    let len = match r.u8()? {
+        VALUE_INLINE => r.varint_max(crate::block::MAX_CHUNK_LEN as u64, "inline value length")?,
+        VALUE_EXTERNAL => {
+            r.varint()?;
+            r.varint_max(crate::block::MAX_CHUNK_LEN as u64, "value length")?
+        }
+        other => {
+            return Err(DecodeError::new(
+                "document record",
+                format!("unknown value tag {other}"),
+            ));
+        }
+    };
+    Ok((deleted, len))
+}
+
 /// Decodes a by-seqno leaf value.
 pub(crate) fn decode_seqno_value(src: &Bytes) -> DecodeResult<(DiskKey, DocRecord)> {
     let mut r = Reader::new(src, "by-seqno record");

@@ -373,19 +373,27 @@ impl Node {
     /// The chunk payload: codec, length, compressed node.
     #[must_use]
     pub fn encode(&self, codec: Compression) -> Vec<u8> {
-        let raw = self.encode_raw();
+        let built;
+        let raw: &[u8] = match self {
+            // A leaf already holds its encoding.
+            Node::Leaf(leaf) => leaf.raw(),
+            Node::Interior(_) => {
+                built = self.encode_raw();
+                &built
+            }
+        };
         let mut out = Vec::with_capacity(raw.len() / 2 + 16);
         out.push(codec.tag());
         put_varint(&mut out, raw.len() as u64);
         match codec {
-            Compression::None => out.extend_from_slice(&raw),
-            Compression::Lz4 => out.extend_from_slice(&lz4_flex::block::compress(&raw)),
-            Compression::Snappy => match snap::raw::Encoder::new().compress_vec(&raw) {
+            Compression::None => out.extend_from_slice(raw),
+            Compression::Lz4 => out.extend_from_slice(&lz4_flex::block::compress(raw)),
+            Compression::Snappy => match snap::raw::Encoder::new().compress_vec(raw) {
                 Ok(c) => out.extend_from_slice(&c),
                 Err(_) => {
                     // Snappy refuses only inputs above 4 GiB; store raw.
                     out[0] = Compression::None.tag();
-                    out.extend_from_slice(&raw);
+                    out.extend_from_slice(raw);
                 }
             },
         }

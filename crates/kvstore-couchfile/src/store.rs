@@ -597,28 +597,40 @@ impl CouchVb {
         out: &mut PhysWriter,
     ) -> StoreResult<(Header, WrittenNodes)> {
         let cfg = &self.shared.config;
-        let mut key_actions = Vec::with_capacity(prepared.items.len());
-        let mut seq_puts = Vec::with_capacity(prepared.items.len());
-        let mut values = Vec::with_capacity(prepared.items.len());
+        // Every record of the commit is encoded into one arena, sliced into
+        // shared buffers: two allocations per commit, not two per item.
+        let n = prepared.items.len();
+        let mut arena = Vec::with_capacity(
+            n * 96
+                + prepared
+                    .items
+                    .iter()
+                    .map(|d| d.value.len().min(cfg.inline_value_max) * 2)
+                    .sum::<usize>(),
+        );
+        let mut spans = Vec::with_capacity(n);
         for doc in &prepared.items {
-            values.push(doc.value.clone());
-        }
-        for (doc, value) in prepared.items.iter().zip(values) {
-            let vref = if value.len() <= cfg.inline_value_max {
-                ValueRef::Inline(value)
+            let vref = if doc.value.len() <= cfg.inline_value_max {
+                ValueRef::Inline(doc.value.clone())
             } else {
-                ValueRef::External(out.write_chunk(&value))
+                ValueRef::External(out.write_chunk(&doc.value))
             };
             let rec = DocRecord {
                 meta: doc.meta,
                 value: vref,
             };
-            let mut kv = Vec::with_capacity(64);
-            rec.encode(&mut kv);
-            key_actions.push(Action::Put(doc.key.to_shared(), Bytes::from(kv)));
-            let mut sv = Vec::with_capacity(80);
-            encode_seqno_value(&doc.key, &rec, &mut sv);
-            seq_puts.push((doc.meta.seqno, Bytes::from(sv)));
+            let a = arena.len();
+            rec.encode(&mut arena);
+            let b = arena.len();
+            encode_seqno_value(&doc.key, &rec, &mut arena);
+            spans.push((a, b, arena.len()));
+        }
+        let arena = Bytes::from(arena);
+        let mut key_actions = Vec::with_capacity(n);
+        let mut seq_puts = Vec::with_capacity(n);
+        for (doc, (a, b, c)) in prepared.items.iter().zip(spans) {
+            key_actions.push(Action::Put(doc.key.to_shared(), arena.slice(a..b)));
+            seq_puts.push((doc.meta.seqno, arena.slice(b..c)));
         }
         let mut nw = NodeWriter::new(out, cfg.compression, cfg.node_size, true);
         let mut old_seqnos = Vec::new();
