@@ -38,6 +38,9 @@ struct Cli {
     /// Vbuckets in the vbucket workload.
     #[arg(long)]
     vbuckets: Option<u16>,
+    /// Repetitions per store (stores take turns; medians are reported).
+    #[arg(long)]
+    repetitions: Option<u32>,
     /// Where the report goes.
     #[arg(long, default_value = "target/bench-report")]
     out: PathBuf,
@@ -97,6 +100,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     if let Some(v) = cli.vbuckets {
         settings.vbuckets = v.max(1);
     }
+    if let Some(v) = cli.repetitions {
+        settings.repetitions = v.max(1);
+    }
     let kinds: Vec<Kind> = if cli.stores.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -115,57 +121,45 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     } else {
         cli.only.len()
     };
-    let bar = ProgressBar::new((kinds.len() * per_store) as u64);
+    let reps = settings.repetitions.max(1) as usize;
+    let bar = ProgressBar::new((kinds.len() * per_store * reps) as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
             .map_err(|e| e.to_string())?,
     );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let settings_json = serde_json::to_string(&settings).map_err(|e| e.to_string())?;
-    let mut runs = Vec::new();
-    for kind in &kinds {
-        let data = cli.data.join(kind.name());
-        let _ = std::fs::remove_dir_all(&data);
-        bar.set_message(format!("{}: starting", kind.name()));
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--child")
-            .arg(kind.name())
-            .arg("--settings")
-            .arg(&settings_json)
-            .arg("--data")
-            .arg(&data)
-            .stdout(Stdio::piped());
-        if !cli.only.is_empty() {
-            cmd.arg("--only").arg(cli.only.join(","));
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", kind.name()))?;
-        let stdout = child.stdout.take().ok_or("no child stdout")?;
-        let mut result: Option<StoreRun> = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.map_err(|e| e.to_string())?;
-            if let Some(w) = line.strip_prefix("PROGRESS ") {
-                bar.inc(1);
-                bar.set_message(format!("{}: {w} done", kind.name()));
-            } else if let Some(j) = line.strip_prefix("RESULT ") {
-                result = Some(serde_json::from_str(j).map_err(|e| e.to_string())?);
+    let mut per_store: Vec<Vec<StoreRun>> = vec![Vec::new(); kinds.len()];
+    for rep in 0..reps {
+        for (ix, kind) in kinds.iter().enumerate() {
+            let data = cli.data.join(kind.name());
+            let _ = std::fs::remove_dir_all(&data);
+            bar.set_message(format!(
+                "{} (run {}/{reps}): starting",
+                kind.name(),
+                rep + 1
+            ));
+            let run = run_child(
+                &exe,
+                *kind,
+                &settings_json,
+                &data,
+                &cli.only,
+                &bar,
+                rep + 1,
+                reps,
+            )?;
+            if let Some(e) = &run.error {
+                bar.println(format!("{}: {e}", kind.name()));
             }
+            per_store[ix].push(run);
+            let _ = std::fs::remove_dir_all(&data);
         }
-        let status = child.wait().map_err(|e| e.to_string())?;
-        let run = result.unwrap_or_else(|| StoreRun {
-            store: kind.name().into(),
-            error: Some(format!(
-                "the child process ended without a result ({status})"
-            )),
-            ..StoreRun::default()
-        });
-        if let Some(e) = &run.error {
-            bar.println(format!("{}: {e}", kind.name()));
-        }
-        runs.push(run);
-        let _ = std::fs::remove_dir_all(&data);
     }
+    let runs: Vec<StoreRun> = per_store
+        .into_iter()
+        .map(bench::workloads::merge_runs)
+        .collect();
     bar.finish_with_message("done");
     let report = Report {
         settings,
@@ -184,6 +178,53 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs one store's sequence in a child process and collects its result.
+#[allow(clippy::too_many_arguments)]
+fn run_child(
+    exe: &std::path::Path,
+    kind: Kind,
+    settings_json: &str,
+    data: &std::path::Path,
+    only: &[String],
+    bar: &ProgressBar,
+    rep: usize,
+    reps: usize,
+) -> Result<StoreRun, String> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child")
+        .arg(kind.name())
+        .arg("--settings")
+        .arg(settings_json)
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::piped());
+    if !only.is_empty() {
+        cmd.arg("--only").arg(only.join(","));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", kind.name()))?;
+    let stdout = child.stdout.take().ok_or("no child stdout")?;
+    let mut result: Option<StoreRun> = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(w) = line.strip_prefix("PROGRESS ") {
+            bar.inc(1);
+            bar.set_message(format!("{} (run {rep}/{reps}): {w} done", kind.name()));
+        } else if let Some(j) = line.strip_prefix("RESULT ") {
+            result = Some(serde_json::from_str(j).map_err(|e| e.to_string())?);
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Ok(result.unwrap_or_else(|| StoreRun {
+        store: kind.name().into(),
+        error: Some(format!(
+            "the child process ended without a result ({status})"
+        )),
+        ..StoreRun::default()
+    }))
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM:SS`.

@@ -114,6 +114,11 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
+        "- {} repetition(s) per store, stores taking turns; every figure is the median over them",
+        s.repetitions
+    );
+    let _ = writeln!(
+        out,
         "- durability: fillseq, fillrandom, overwrite and deleterandom commit without a sync; fillbatch, fillsync and vbucket sync every commit (WAL fsync for the LSM stores, file fsync for the B-trees)"
     );
     let _ = writeln!(

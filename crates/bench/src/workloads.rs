@@ -62,6 +62,14 @@ pub struct Settings {
     pub batch: usize,
     /// The random seed (the same for every store).
     pub seed: u64,
+    /// Times the whole sequence runs per store, stores taking turns; the
+    /// report gives the median of each figure.
+    #[serde(default = "one")]
+    pub repetitions: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Settings {
@@ -78,6 +86,7 @@ impl Settings {
             vbucket_rounds: 2,
             batch: 1000,
             seed: 42,
+            repetitions: 3,
         }
     }
 
@@ -89,6 +98,7 @@ impl Settings {
             reads: 100_000,
             sync_items: 500,
             vbucket_rounds: 1,
+            repetitions: 1,
             ..Self::full()
         }
     }
@@ -448,6 +458,58 @@ impl Runner<'_> {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Folds repeated runs of one store into one: the median of every figure,
+/// the largest peak RSS, and the first error. Digests must agree across
+/// repetitions; a disagreement is reported as an error.
+#[must_use]
+pub fn merge_runs(runs: Vec<StoreRun>) -> StoreRun {
+    let Some(first) = runs.first().cloned() else {
+        return StoreRun::default();
+    };
+    let mut out = StoreRun {
+        measures: Vec::new(),
+        peak_rss_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
+        error: runs.iter().find_map(|r| r.error.clone()),
+        ..first.clone()
+    };
+    if out.error.is_none() && runs.iter().any(|r| r.digests != first.digests) {
+        out.error = Some("repetitions returned different data".into());
+    }
+    for w in WORKLOADS {
+        let ms: Vec<&Measure> = runs
+            .iter()
+            .filter_map(|r| r.measures.iter().find(|m| m.workload == w))
+            .collect();
+        if ms.is_empty() {
+            continue;
+        }
+        let opt = |f: &dyn Fn(&Measure) -> Option<f64>| {
+            let v: Vec<f64> = ms.iter().filter_map(|m| f(m)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        out.measures.push(Measure {
+            workload: w.to_owned(),
+            ops: ms[0].ops,
+            secs: median(ms.iter().map(|m| m.secs).collect()),
+            ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
+            p50_us: opt(&|m| m.p50_us),
+            p99_us: opt(&|m| m.p99_us),
+        });
+    }
+    let disk = |f: &dyn Fn(&StoreRun) -> Option<u64>| {
+        let v: Vec<f64> = runs.iter().filter_map(|r| f(r).map(|b| b as f64)).collect();
+        (!v.is_empty()).then(|| median(v) as u64)
+    };
+    out.disk_after_load = disk(&|r| r.disk_after_load);
+    out.disk_after_compaction = disk(&|r| r.disk_after_compaction);
+    out
+}
+
 /// The peak resident memory of this process, in KiB (Linux).
 #[must_use]
 pub fn peak_rss_kib() -> u64 {
@@ -486,4 +548,39 @@ pub fn run_store(
     }
     r.run.peak_rss_kib = peak_rss_kib();
     r.run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ops: &[f64], digest: u64) -> StoreRun {
+        StoreRun {
+            store: "s".into(),
+            measures: vec![Measure {
+                workload: "fillseq".into(),
+                ops: 10,
+                secs: 1.0,
+                ops_per_sec: ops[0],
+                p50_us: Some(ops[0]),
+                p99_us: None,
+            }],
+            disk_after_load: Some(ops[0] as u64),
+            digests: [("readseq".to_owned(), digest)].into(),
+            peak_rss_kib: ops[0] as u64,
+            ..StoreRun::default()
+        }
+    }
+
+    #[test]
+    fn merge_takes_medians_and_checks_digests() {
+        let m = merge_runs(vec![run(&[5.0], 1), run(&[1.0], 1), run(&[3.0], 1)]);
+        assert_eq!(m.measures[0].ops_per_sec, 3.0);
+        assert_eq!(m.measures[0].p50_us, Some(3.0));
+        assert_eq!(m.disk_after_load, Some(3));
+        assert_eq!(m.peak_rss_kib, 5);
+        assert!(m.error.is_none());
+        let bad = merge_runs(vec![run(&[1.0], 1), run(&[1.0], 2)]);
+        assert!(bad.error.is_some());
+    }
 }
