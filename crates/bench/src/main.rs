@@ -55,6 +55,13 @@ struct Cli {
     settings: Option<String>,
 }
 
+/// Flushes every dirty page of the machine to disk, so a store does not
+/// start while the previous one's writes are still being written back. A
+/// missing `sync` command only makes the figures noisier.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -131,9 +138,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let settings_json = serde_json::to_string(&settings).map_err(|e| e.to_string())?;
     let mut per_store: Vec<Vec<StoreRun>> = vec![Vec::new(); kinds.len()];
     for rep in 0..reps {
-        for (ix, kind) in kinds.iter().enumerate() {
+        // Each repetition starts one store later, so no store always
+        // follows the same neighbour (whose writeback and background work
+        // could otherwise slow it in every run).
+        for turn in 0..kinds.len() {
+            let ix = (turn + rep) % kinds.len();
+            let kind = &kinds[ix];
             let data = cli.data.join(kind.name());
             let _ = std::fs::remove_dir_all(&data);
+            settle();
             bar.set_message(format!(
                 "{} (run {}/{reps}): starting",
                 kind.name(),

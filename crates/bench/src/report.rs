@@ -114,7 +114,7 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "- {} repetition(s) per store, stores taking turns; every figure is the median over them",
+        "- {} repetition(s) per store, stores taking turns (each in a fresh process, the machine's dirty pages synced first, the order rotated per repetition); every figure is the median over them",
         s.repetitions
     );
     let _ = writeln!(

@@ -298,34 +298,14 @@ struct RawRocks {
 
 impl RawRocks {
     fn open(dir: &Path, sync: bool) -> Result<Self> {
-        let d = kvstore_rocks::RocksConfig::default();
-        let cache = rocksdb::Cache::new_lru_cache(d.block_cache_bytes);
-        let wbm = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
-            d.write_buffer_budget_bytes,
-            false,
-            cache.clone(),
-        );
-        let cf_opts = |bloom: bool| {
-            let mut b = rocksdb::BlockBasedOptions::default();
-            b.set_block_cache(&cache);
-            if bloom {
-                b.set_bloom_filter(d.bloom_bits_per_key, false);
-            }
-            let mut o = rocksdb::Options::default();
-            o.set_block_based_table_factory(&b);
-            o.set_write_buffer_size(d.write_buffer_bytes);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            o.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-            o
-        };
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_max_background_jobs(d.max_background_jobs);
-        opts.set_write_buffer_manager(&wbm);
+        // Exactly the options `kvstore-rocks` runs with (block cache, Bloom
+        // filters, memtables, compression, write-buffer budget), so the two
+        // differ only in what they do per operation.
+        let tuning = kvstore_rocks::Tuning::new(&kvstore_rocks::RocksConfig::default());
+        let opts = tuning.db_options();
         let cfs = vec![
-            rocksdb::ColumnFamilyDescriptor::new("data", cf_opts(true)),
-            rocksdb::ColumnFamilyDescriptor::new("seq", cf_opts(false)),
+            rocksdb::ColumnFamilyDescriptor::new("data", tuning.by_key_options()),
+            rocksdb::ColumnFamilyDescriptor::new("seq", tuning.by_seqno_options()),
         ];
         let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(err("rocksdb open"))?;
         Ok(RawRocks {
@@ -346,12 +326,15 @@ impl BenchStore for RawRocks {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
         let (data, seq) = (self.cf("data")?, self.cf("seq")?);
         let mut batch = rocksdb::WriteBatch::default();
-        for it in items {
-            let k = pkey(vb, &it.key);
-            if let Some(old) = self.db.get_cf(data, &k).map_err(err("rocksdb get"))? {
+        // The current versions of every key in one multi-get, so the old
+        // by-seqno entries can be deleted.
+        let keys: Vec<Vec<u8>> = items.iter().map(|it| pkey(vb, &it.key)).collect();
+        let olds = self.db.batched_multi_get_cf(data, &keys, false);
+        for ((it, k), old) in items.iter().zip(&keys).zip(olds) {
+            if let Some(old) = old.map_err(err("rocksdb multi-get"))? {
                 batch.delete_cf(seq, pseq(vb, peer_decode(&old)?.0));
             }
-            batch.put_cf(data, &k, peer_value(it));
+            batch.put_cf(data, k, peer_value(it));
             batch.put_cf(seq, pseq(vb, it.seqno), &it.key);
         }
         let mut wo = rocksdb::WriteOptions::default();

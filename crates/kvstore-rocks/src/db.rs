@@ -153,43 +153,114 @@ fn cf_options(config: &RocksConfig, cache: &Cache, which: Cf) -> Options {
     o
 }
 
-/// Database-wide options and the descriptors of every column family.
-pub(crate) fn options(config: &RocksConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
-    let cache = Cache::new_lru_cache(config.block_cache_bytes);
-    let buffers =
-        WriteBufferManager::new_write_buffer_manager(config.write_buffer_budget_bytes, false);
-    let mut db = Options::default();
-    db.create_if_missing(true);
-    db.create_missing_column_families(true);
-    db.set_write_buffer_manager(&buffers);
-    db.set_max_background_jobs(config.max_background_jobs);
-    // Bound the WAL: with several families, a rarely written one would
-    // otherwise pin old log files until it fills its own memtable.
-    db.set_max_total_wal_size((config.write_buffer_budget_bytes as u64).saturating_mul(2));
-    db.set_bytes_per_sync(1 << 20);
-    db.set_keep_log_file_num(4);
-    db.set_max_log_file_size(8 << 20);
-    let mut cfs = vec![ColumnFamilyDescriptor::new(
-        rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
-        {
-            let mut o = cf_options(config, &cache, Cf::Meta);
-            o.set_write_buffer_size(1 << 20);
-            o
-        },
-    )];
-    for which in Cf::ALL {
-        cfs.push(ColumnFamilyDescriptor::new(
-            which.name(),
-            cf_options(config, &cache, which),
-        ));
+/// The RocksDB options this backend runs with, for opening RocksDB
+/// directly on identical settings (the bench's raw-RocksDB peer does, so
+/// the two are compared like for like).
+///
+/// Every `Options` returned shares one block cache and one write-buffer
+/// budget, sized from the [`RocksConfig`]; each keeps them alive for as
+/// long as it is in use.
+///
+/// ```
+/// let tuning = kvstore_rocks::Tuning::new(&kvstore_rocks::RocksConfig::default());
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = rocksdb::DB::open_cf_descriptors(
+///     &tuning.db_options(),
+///     dir.path(),
+///     vec![
+///         rocksdb::ColumnFamilyDescriptor::new("docs", tuning.by_key_options()),
+///         rocksdb::ColumnFamilyDescriptor::new("seqnos", tuning.by_seqno_options()),
+///     ],
+/// )
+/// .unwrap();
+/// db.put_cf(db.cf_handle("docs").unwrap(), b"k", b"v").unwrap();
+/// ```
+pub struct Tuning {
+    config: RocksConfig,
+    cache: Cache,
+    buffers: WriteBufferManager,
+}
+
+impl Tuning {
+    /// A block cache and a write-buffer budget sized from `config`.
+    #[must_use]
+    pub fn new(config: &RocksConfig) -> Self {
+        Tuning {
+            config: config.clone(),
+            cache: Cache::new_lru_cache(config.block_cache_bytes),
+            buffers: WriteBufferManager::new_write_buffer_manager(
+                config.write_buffer_budget_bytes,
+                false,
+            ),
+        }
     }
-    (db, cfs)
+
+    /// Database-wide options: create if missing, the shared write-buffer
+    /// budget, background jobs, and write-ahead-log bounds.
+    #[must_use]
+    pub fn db_options(&self) -> Options {
+        let config = &self.config;
+        let mut db = Options::default();
+        db.create_if_missing(true);
+        db.create_missing_column_families(true);
+        db.set_write_buffer_manager(&self.buffers);
+        db.set_max_background_jobs(config.max_background_jobs);
+        // Bound the WAL: with several families, a rarely written one would
+        // otherwise pin old log files until it fills its own memtable.
+        db.set_max_total_wal_size((config.write_buffer_budget_bytes as u64).saturating_mul(2));
+        db.set_bytes_per_sync(1 << 20);
+        db.set_keep_log_file_num(4);
+        db.set_max_log_file_size(8 << 20);
+        db
+    }
+
+    /// The options of the family that holds documents by key (`bykey`):
+    /// Bloom filters on disk and in the memtable, full-size memtables.
+    #[must_use]
+    pub fn by_key_options(&self) -> Options {
+        cf_options(&self.config, &self.cache, Cf::ByKey)
+    }
+
+    /// The options of the family that indexes documents by seqno
+    /// (`byseqno`): scanned only, so no Bloom filter; full-size memtables.
+    #[must_use]
+    pub fn by_seqno_options(&self) -> Options {
+        cf_options(&self.config, &self.cache, Cf::BySeqno)
+    }
+
+    /// The options and names of every family of this backend's layout.
+    fn descriptors(&self) -> Vec<ColumnFamilyDescriptor> {
+        let mut cfs = vec![ColumnFamilyDescriptor::new(
+            rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+            {
+                let mut o = cf_options(&self.config, &self.cache, Cf::Meta);
+                o.set_write_buffer_size(1 << 20);
+                o
+            },
+        )];
+        for which in Cf::ALL {
+            cfs.push(ColumnFamilyDescriptor::new(
+                which.name(),
+                cf_options(&self.config, &self.cache, which),
+            ));
+        }
+        cfs
+    }
+}
+
+impl std::fmt::Debug for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuning")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Opens (creating if needed) the database under `path`.
 pub(crate) fn open(path: &Path, config: &RocksConfig) -> StoreResult<DB> {
     std::fs::create_dir_all(path).map_err(|e| StoreError::io("create directory", path, e))?;
-    let (opts, cfs) = options(config);
+    let tuning = Tuning::new(config);
+    let (opts, cfs) = (tuning.db_options(), tuning.descriptors());
     if path.join("CURRENT").exists() {
         let existing = DB::list_cf(&opts, path).map_err(backend)?;
         let unknown: Vec<String> = existing

@@ -145,5 +145,6 @@ mod store;
 mod vb;
 
 pub use config::{RocksConfig, SyncFault};
+pub use db::Tuning;
 pub use error::{BACKEND, RocksError};
 pub use store::RocksStore;
