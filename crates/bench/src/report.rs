@@ -1,4 +1,5 @@
-//! The comparison table, the JSON report, and one SVG chart per workload.
+//! The comparison table, the JSON report, and one SVG chart (plotters) per
+//! workload.
 
 use crate::stores::Kind;
 use crate::workloads::{Measure, Settings, StoreRun, WORKLOADS};
@@ -241,52 +242,88 @@ pub fn targets(r: &Report) -> Vec<String> {
     out
 }
 
-/// A horizontal bar chart of one workload's ops/s per store, as SVG.
-#[must_use]
-pub fn chart(r: &Report, workload: &str) -> String {
+/// A horizontal bar chart of one workload's ops/s per store, as SVG drawn
+/// with plotters: our backends in blue, the peers in grey, each bar labelled
+/// with its figure.
+///
+/// # Errors
+/// Whatever plotters reports while drawing (it draws into memory, so in
+/// practice nothing).
+pub fn chart(r: &Report, workload: &str) -> Result<String, String> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
     let bars: Vec<(String, f64)> = r
         .runs
         .iter()
         .filter_map(|run| measure(run, workload).map(|m| (run.store.clone(), m.ops_per_sec)))
         .collect();
     let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max).max(1.0);
-    let (w, left, bar_h, gap, top) = (720.0, 140.0, 28.0, 12.0, 48.0);
-    let h = top + (bar_h + gap) * bars.len() as f64 + 24.0;
+    let height = 90 + 40 * u32::try_from(bars.len()).unwrap_or(8);
+    let ours = RGBColor(0x2f, 0x6f, 0xb5);
+    let peer = RGBColor(0x9a, 0xa7, 0xb8);
+    let e = |e: &dyn std::fmt::Display| format!("chart {workload}: {e}");
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="12" y="26" font-size="16" font-weight="bold">{workload}: operations per second (higher is better)</text>"#
-    );
-    let span = w - left - 130.0;
-    for (i, (store, x)) in bars.iter().enumerate() {
-        let y = top + i as f64 * (bar_h + gap);
-        let len = (x / max * span).max(1.0);
-        let color = if is_peer(store) { "#9aa7b8" } else { "#2f6fb5" };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{store}</text>"#,
-            left - 8.0,
-            y + bar_h * 0.7
-        );
-        let _ = writeln!(
-            svg,
-            r#"<rect x="{left}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{color}"/>"#
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{}">{}</text>"#,
-            left + len + 6.0,
-            y + bar_h * 0.7,
-            human(*x)
-        );
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        // Rows top to bottom in report order: row i sits at n-1-i.
+        let n = bars.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{workload}: operations per second (higher is better)"),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(120)
+            .build_cartesian_2d(0.0..max * 1.18, (0..n.saturating_sub(1)).into_segmented())
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n.max(1))
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => n
+                    .checked_sub(i + 1)
+                    .and_then(|row| bars.get(row))
+                    .map(|b| b.0.clone())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            })
+            .x_label_formatter(&|x| human(*x))
+            .x_desc("ops/s")
+            .draw()
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(row, (store, x))| {
+                let i = n - 1 - row;
+                let color = if is_peer(store) { peer } else { ours };
+                let mut bar = Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (*x, SegmentValue::Exact(i + 1)),
+                    ],
+                    color.filled(),
+                );
+                bar.set_margin(6, 6, 0, 0);
+                bar
+            }))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(row, (_, x))| {
+                let i = n - 1 - row;
+                Text::new(
+                    human(*x),
+                    (*x + max * 0.01, SegmentValue::CenterOf(i)),
+                    TextStyle::from(("sans-serif", 13).into_font())
+                        .pos(Pos::new(HPos::Left, VPos::Center)),
+                )
+            }))
+            .map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
     }
-    svg.push_str("</svg>\n");
-    svg
+    Ok(svg)
 }
 
 /// Writes `report.md`, `report.json` and `charts/<workload>.svg` into `dir`.
@@ -299,7 +336,8 @@ pub fn write(r: &Report, dir: &Path) -> std::io::Result<()> {
     )?;
     for w in WORKLOADS {
         if r.runs.iter().any(|run| measure(run, w).is_some()) {
-            std::fs::write(dir.join("charts").join(format!("{w}.svg")), chart(r, w))?;
+            let svg = chart(r, w).map_err(std::io::Error::other)?;
+            std::fs::write(dir.join("charts").join(format!("{w}.svg")), svg)?;
         }
     }
     Ok(())
