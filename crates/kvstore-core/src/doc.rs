@@ -45,6 +45,39 @@ pub enum DeleteSource {
     Ttl,
 }
 
+impl DeleteSource {
+    /// The one-byte form both on-disk formats store for a document's
+    /// deletion state: 0 live, 1 deleted by a client, 2 expired.
+    ///
+    /// ```
+    /// use kvstore_core::DeleteSource;
+    /// for d in [None, Some(DeleteSource::Explicit), Some(DeleteSource::Ttl)] {
+    ///     assert_eq!(DeleteSource::from_byte(DeleteSource::to_byte(d)), Some(d));
+    /// }
+    /// assert_eq!(DeleteSource::from_byte(3), None);
+    /// ```
+    #[must_use]
+    pub fn to_byte(deleted: Option<DeleteSource>) -> u8 {
+        match deleted {
+            None => 0,
+            Some(DeleteSource::Explicit) => 1,
+            Some(DeleteSource::Ttl) => 2,
+        }
+    }
+
+    /// The deletion state stored as `byte`, or `None` for a byte no
+    /// format writes (the caller reports it as corruption).
+    #[must_use]
+    pub fn from_byte(byte: u8) -> Option<Option<DeleteSource>> {
+        match byte {
+            0 => Some(None),
+            1 => Some(Some(DeleteSource::Explicit)),
+            2 => Some(Some(DeleteSource::Ttl)),
+            _ => None,
+        }
+    }
+}
+
 /// Everything about a document except its key and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DocMeta {

@@ -210,11 +210,7 @@ impl DocRecord {
         out.extend_from_slice(&m.flags.to_le_bytes());
         out.extend_from_slice(&m.expiry.to_le_bytes());
         out.push(m.datatype.0);
-        out.push(match m.deleted {
-            None => 0,
-            Some(DeleteSource::Explicit) => 1,
-            Some(DeleteSource::Ttl) => 2,
-        });
+        out.push(DeleteSource::to_byte(m.deleted));
         match &self.value {
             ValueRef::Inline(v) => {
                 out.push(VALUE_INLINE);
@@ -236,17 +232,10 @@ impl DocRecord {
         let flags = r.u32()?;
         let expiry = r.u32()?;
         let datatype = Datatype(r.u8()?);
-        let deleted = match r.u8()? {
-            0 => None,
-            1 => Some(DeleteSource::Explicit),
-            2 => Some(DeleteSource::Ttl),
-            other => {
-                return Err(DecodeError::new(
-                    "document record",
-                    format!("unknown deletion source {other}"),
-                ));
-            }
-        };
+        let byte = r.u8()?;
+        let deleted = DeleteSource::from_byte(byte).ok_or_else(|| {
+            DecodeError::new("document record", format!("unknown deletion source {byte}"))
+        })?;
         let value = match r.u8()? {
             VALUE_INLINE => {
                 let v = r.bytes(crate::block::MAX_CHUNK_LEN, "inline value length")?;

@@ -213,11 +213,7 @@ pub(crate) fn encode_doc(doc: &Document, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.flags.to_le_bytes());
     out.extend_from_slice(&m.expiry.to_le_bytes());
     out.push(m.datatype.0);
-    out.push(match m.deleted {
-        None => 0,
-        Some(DeleteSource::Explicit) => 1,
-        Some(DeleteSource::Ttl) => 2,
-    });
+    out.push(DeleteSource::to_byte(m.deleted));
     out.extend_from_slice(&doc.value);
 }
 
@@ -237,17 +233,9 @@ pub(crate) fn decode_meta(raw: &[u8]) -> Result<(DocMeta, &[u8]), Malformed> {
     let flags = r.u32()?;
     let expiry = r.u32()?;
     let datatype = kvstore_core::Datatype(r.u8()?);
-    let deleted = match r.u8()? {
-        0 => None,
-        1 => Some(DeleteSource::Explicit),
-        2 => Some(DeleteSource::Ttl),
-        other => {
-            return Err(malformed(
-                "document",
-                format!("unknown delete source {other}"),
-            ));
-        }
-    };
+    let byte = r.u8()?;
+    let deleted = DeleteSource::from_byte(byte)
+        .ok_or_else(|| malformed("document", format!("unknown delete source {byte}")))?;
     let meta = DocMeta {
         cas,
         rev_seqno,
