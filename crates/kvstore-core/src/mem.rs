@@ -418,7 +418,7 @@ impl VbStore for MemVbStore {
         visit: &mut dyn FnMut(Document) -> ScanControl,
     ) -> StoreResult<ScanStatus> {
         let snap = self.snapshot()?;
-        if range.end.as_deref().is_some_and(|e| e <= &range.start[..]) {
+        if range.is_empty() {
             return Ok(ScanStatus::Done);
         }
         let end = range

@@ -97,6 +97,20 @@ impl KeyRange {
         Self::default()
     }
 
+    /// True when no key can fall in the range (`end <= start`).
+    ///
+    /// ```
+    /// use kvstore_core::KeyRange;
+    /// assert!(KeyRange::new(b"b", b"a").is_empty());
+    /// assert!(KeyRange::new(b"a", b"a").is_empty());
+    /// assert!(!KeyRange::new(b"a", b"b").is_empty());
+    /// assert!(!KeyRange::all().is_empty());
+    /// ```
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.end.as_deref().is_some_and(|e| e <= &self.start[..])
+    }
+
     /// Every key of one collection.
     #[must_use]
     pub fn collection(cid: CollectionId) -> Self {

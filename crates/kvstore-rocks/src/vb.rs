@@ -367,7 +367,7 @@ impl VbStore for RocksVb {
         visit: &mut dyn FnMut(Document) -> ScanControl,
     ) -> StoreResult<ScanStatus> {
         self.check()?;
-        if range.end.as_deref().is_some_and(|e| e <= &range.start[..]) {
+        if range.is_empty() {
             return Ok(ScanStatus::Done);
         }
         let db = &*self.shared.db;
