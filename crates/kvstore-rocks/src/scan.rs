@@ -143,29 +143,24 @@ impl RocksScan {
                     let index_key = num_key(&prefix, *seqno);
                     let dk = disk_key(raw_key)
                         .map_err(|m| corrupt(path, Cf::BySeqno.name(), &index_key, m))?;
-                    let Some(value) = value.map_err(backend)? else {
-                        return Err(corrupt(
+                    let bad_entry = |detail: String| {
+                        corrupt(
                             path,
                             Cf::BySeqno.name(),
                             &index_key,
                             Malformed {
                                 what: "by-seqno entry",
-                                detail: "points at a missing document".into(),
+                                detail,
                             },
-                        ));
+                        )
+                    };
+                    let Some(value) = value.map_err(backend)? else {
+                        return Err(bad_entry("points at a missing document".into()));
                     };
                     let doc = decode_doc(dk, &value, !opts.keys_only)
                         .map_err(|m| corrupt(path, Cf::ByKey.name(), key, m))?;
                     if doc.meta.seqno.0 != *seqno {
-                        return Err(corrupt(
-                            path,
-                            Cf::BySeqno.name(),
-                            &index_key,
-                            Malformed {
-                                what: "by-seqno entry",
-                                detail: format!("document has seqno {}", doc.meta.seqno),
-                            },
-                        ));
+                        return Err(bad_entry(format!("document has seqno {}", doc.meta.seqno)));
                     }
                     if doc.is_deleted() && !opts.include_deleted {
                         continue;
