@@ -98,7 +98,7 @@ fn has_program(cmd: &str, args: &[&str]) -> bool {
 
 /// True when the workspace has a crate that needs RocksDB's C++ build.
 fn workspace_has_rocks() -> bool {
-    root().join("crates/kvstore-rocks/Cargo.toml").exists()
+    root().join("kvstore-rocks/Cargo.toml").exists()
 }
 
 fn libclang_present() -> bool {
@@ -265,14 +265,15 @@ fn tests() -> Result<()> {
     }
 }
 
-/// Packages that have loom models: a `tests/loom.rs` file.
+/// Packages that have loom models: a crate folder at the top level (named
+/// as its crate) with a `tests/loom.rs` file.
 fn loom_packages() -> Vec<String> {
-    let Ok(rd) = fs::read_dir(root().join("crates")) else {
+    let Ok(rd) = fs::read_dir(root()) else {
         return Vec::new();
     };
     let mut out: Vec<String> = rd
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("tests/loom.rs").exists())
+        .filter(|e| e.path().join("Cargo.toml").exists() && e.path().join("tests/loom.rs").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     out.sort();
