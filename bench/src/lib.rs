@@ -13,4 +13,4 @@ pub mod workloads;
 
 pub use report::Report;
 pub use stores::Kind;
-pub use workloads::{Settings, StoreRun, run_store};
+pub use workloads::{ReclaimLatency, Settings, StoreRun, run_store};

@@ -2,7 +2,7 @@
 //! workload.
 
 use crate::stores::Kind;
-use crate::workloads::{Measure, Settings, StoreRun, WORKLOADS};
+use crate::workloads::{Measure, ReclaimLatency, Settings, StoreRun, WORKLOADS, key_order};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -120,7 +120,12 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "- durability: fillseq, fillrandom, overwrite and deleterandom commit without a sync; fillbatch, fillsync and vbucket sync every commit (WAL fsync for the LSM stores, file fsync for the B-trees)"
+        "- durable sequence (one store, every commit synced, random key order): durablebatch {} items, {} per commit; durablesingle {} single-item commits of new keys; warmread {} random gets; durableupdate {} commits of {} random updates of loaded keys",
+        s.durable_items, s.batch, s.durable_single, s.reads, s.durable_update_commits, s.batch
+    );
+    let _ = writeln!(
+        out,
+        "- durability: fillseq, fillrandom, overwrite and deleterandom commit without a sync; fillbatch, fillsync, vbucket and the durable sequence sync every commit (WAL fsync for the LSM stores, file fsync for the B-trees)"
     );
     let _ = writeln!(
         out,
@@ -131,11 +136,18 @@ pub fn markdown(r: &Report) -> String {
         out,
         "## Throughput (ops/s, and the ratio to the best peer)\n"
     );
-    let _ = writeln!(out, "| workload | {} | best peer |", stores.join(" | "));
-    let _ = writeln!(out, "|---|{}---|", "---|".repeat(stores.len()));
+    let _ = writeln!(
+        out,
+        "| workload | key order | {} | best peer |",
+        stores.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|{}---|", "---|".repeat(stores.len()));
     for w in WORKLOADS {
+        if !r.runs.iter().any(|run| measure(run, w).is_some()) {
+            continue;
+        }
         let best = best_peer(r, w);
-        let mut row = format!("| {w} |");
+        let mut row = format!("| {w} | {} |", key_order(w));
         for st in &stores {
             match ops(r, st, w) {
                 Some(x) => {
@@ -191,6 +203,42 @@ pub fn markdown(r: &Report) -> String {
             run.peak_rss_kib / 1024
         );
     }
+    if r.runs.iter().any(|run| !run.disk_after.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\n### Size on disk through the durable sequence (measured as each phase ends, background work still running)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| store | after durablebatch | after durablesingle | after durableupdate |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|");
+        for run in &r.runs {
+            let b = |p: &str| bytes(run.disk_after.get(p).copied());
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                run.store,
+                b("durablebatch"),
+                b("durablesingle"),
+                b("durableupdate")
+            );
+        }
+    }
+    for run in &r.runs {
+        if let Some(rl) = &run.reclaim_p99 {
+            let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1} us"));
+            let _ = writeln!(
+                out,
+                "\n- {}: durableupdate commit p99 while space reclamation ran: {} ({} commits); without: {} ({} commits)",
+                run.store,
+                f(rl.p99_with_us),
+                rl.commits_with,
+                f(rl.p99_without_us),
+                rl.commits_without
+            );
+        }
+    }
     let errors: Vec<&StoreRun> = r.runs.iter().filter(|x| x.error.is_some()).collect();
     if !errors.is_empty() {
         let _ = writeln!(out, "\n## Errors\n");
@@ -231,13 +279,90 @@ pub fn targets(r: &Report) -> Vec<String> {
             ));
         }
     }
-    for w in WORKLOADS {
-        if let Some(x) = ratio("kvstore-rocks", "rocksdb", w) {
+    // Issue 14: the embedded default against the best peer.
+    for w in ["durablebatch", "durableupdate", "durablesingle"] {
+        if let (Some(x), Some((peer, p))) = (ops(r, "couchfile", w), best_peer(r, w)) {
+            let v = x / p;
             out.push(format!(
-                "kvstore-rocks within 10% of raw rocksdb on {w}: {x:.2}x, {}",
-                verdict(x, 0.9)
+                "couchfile {w} >= 1.0x the best peer ({peer}): {v:.2}x, {}",
+                verdict(v, 1.0)
             ));
         }
+    }
+    for w in ["warmread", "readseq"] {
+        if let Some(x) = ratio("couchfile", "redb", w) {
+            out.push(format!(
+                "couchfile {w} >= 1.0x redb: {x:.2}x, {}",
+                verdict(x, 1.0)
+            ));
+        }
+    }
+    let peers: Vec<&StoreRun> = r.runs.iter().filter(|x| is_peer(&x.store)).collect();
+    if let Some(ours) = r.runs.iter().find(|x| x.store == "couchfile") {
+        for phase in ["durablebatch", "durableupdate"] {
+            let smallest = peers
+                .iter()
+                .filter_map(|p| p.disk_after.get(phase).map(|b| (p.store.clone(), *b)))
+                .min_by_key(|x| x.1);
+            if let (Some(mine), Some((peer, b))) = (ours.disk_after.get(phase), smallest) {
+                let v = *mine as f64 / b.max(1) as f64;
+                out.push(format!(
+                    "couchfile bytes on disk after {phase} <= 1.5x the smallest peer ({peer}): {v:.2}x, {}",
+                    if v <= 1.5 { "met" } else { "MISSED" }
+                ));
+            }
+        }
+        if let Some(p) = peers
+            .iter()
+            .filter(|p| p.peak_rss_kib > 0)
+            .min_by_key(|p| p.peak_rss_kib)
+        {
+            let v = ours.peak_rss_kib as f64 / p.peak_rss_kib as f64;
+            out.push(format!(
+                "couchfile peak RSS <= 1.5x the smallest peer ({}): {v:.2}x, {}",
+                p.store,
+                if v <= 1.5 { "met" } else { "MISSED" }
+            ));
+        }
+        if let Some(ReclaimLatency {
+            p99_with_us: Some(w),
+            p99_without_us: Some(wo),
+            ..
+        }) = ours.reclaim_p99
+        {
+            let v = w / wo.max(f64::MIN_POSITIVE);
+            out.push(format!(
+                "couchfile durableupdate p99 with reclamation <= 2x without: {v:.2}x, {}",
+                if v <= 2.0 { "met" } else { "MISSED" }
+            ));
+        }
+    }
+    // Issue 15: kvstore-rocks against raw RocksDB with the same options.
+    for (w, min) in [
+        ("durablebatch", 0.9),
+        ("durableupdate", 0.9),
+        ("durablesingle", 0.9),
+        ("warmread", 0.95),
+    ] {
+        if let Some(x) = ratio("kvstore-rocks", "rocksdb", w) {
+            out.push(format!(
+                "kvstore-rocks {w} >= {min}x raw rocksdb: {x:.2}x, {}",
+                verdict(x, min)
+            ));
+        }
+    }
+    let disk = |store: &str| {
+        r.runs
+            .iter()
+            .find(|x| x.store == store)
+            .and_then(|x| x.disk_after.get("durableupdate").copied())
+    };
+    if let (Some(a), Some(b)) = (disk("kvstore-rocks"), disk("rocksdb")) {
+        let v = a as f64 / b.max(1) as f64;
+        out.push(format!(
+            "kvstore-rocks bytes on disk after durableupdate <= 1.2x raw rocksdb: {v:.2}x, {}",
+            if v <= 1.2 { "met" } else { "MISSED" }
+        ));
     }
     out
 }

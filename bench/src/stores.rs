@@ -105,6 +105,30 @@ pub trait BenchStore {
     fn compact(&mut self) -> Result<()>;
     /// Bytes the store takes on disk.
     fn disk_bytes(&self) -> Result<u64>;
+    /// Where the store says how its background space reclamation stands,
+    /// so the driver can tell which commits overlapped it; `None` for
+    /// stores that do not say.
+    fn reclaim_activity(&self) -> Option<ReclaimActivity> {
+        None
+    }
+}
+
+/// A store's background space reclamation at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimActivity {
+    /// Reclamation passes started so far.
+    pub started: u64,
+    /// True while one runs.
+    pub running: bool,
+}
+
+impl ReclaimActivity {
+    /// True when reclamation ran at some point between `self` (taken
+    /// before) and `after`.
+    #[must_use]
+    pub fn overlaps(&self, after: &ReclaimActivity) -> bool {
+        self.running || after.running || after.started != self.started
+    }
 }
 
 /// Opens `kind` on `dir` (existing data is kept), syncing each commit when

@@ -15,6 +15,18 @@
 //! | fillbatch | N items, 1,000 per synced commit (timed each) | synced |
 //! | fillsync | N/100 items, one per synced commit (timed each) | synced |
 //! | vbucket | N items over 1,024 vbuckets, per-vbucket synced commits in rounds, as a flusher does (timed each) | synced |
+//! | durablebatch | D items (default 500,000), random key order, 1,000 per synced commit (timed each) | synced |
+//! | durablesingle | 300 new keys in random order, one per synced commit (timed each) | synced |
+//! | warmread | random gets of keys durablebatch loaded (timed each) | - |
+//! | durableupdate | 200 synced commits of 1,000 random updates of loaded keys (timed each) | synced |
+//!
+//! Key order: fillseq, fillbatch, fillsync and vbucket write keys in
+//! ascending order; every other writing workload writes them in a random
+//! order (a seeded shuffle, the same for every store), which is how a
+//! document store's keys arrive. The last four run on one store, in that
+//! order, and the bytes on disk are measured after each of them with the
+//! store's own background work (checkpoints, space reclamation) left to run
+//! as it would in production: nothing is forced and nothing waited for.
 
 use crate::stores::{self, BenchStore, Item, Kind};
 use rand::rngs::StdRng;
@@ -26,7 +38,7 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Every workload, in the order they run.
-pub const WORKLOADS: [&str; 12] = [
+pub const WORKLOADS: [&str; 16] = [
     "fillseq",
     "fillrandom",
     "overwrite",
@@ -39,7 +51,23 @@ pub const WORKLOADS: [&str; 12] = [
     "fillbatch",
     "fillsync",
     "vbucket",
+    "durablebatch",
+    "durablesingle",
+    "warmread",
+    "durableupdate",
 ];
+
+/// The key order of each workload, as the report states it.
+#[must_use]
+pub fn key_order(workload: &str) -> &'static str {
+    match workload {
+        "fillseq" | "fillbatch" | "fillsync" | "vbucket" => "sequential",
+        "readseq" => "key order (scan)",
+        "seqnoscan" => "seqno order (scan)",
+        "compact" => "-",
+        _ => "random",
+    }
+}
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +94,27 @@ pub struct Settings {
     /// report gives the median of each figure.
     #[serde(default = "one")]
     pub repetitions: u32,
+    /// Items of durablebatch (random keys, `batch` per synced commit).
+    #[serde(default = "durable_items")]
+    pub durable_items: u64,
+    /// Single-item synced commits of durablesingle.
+    #[serde(default = "durable_single")]
+    pub durable_single: u64,
+    /// Synced commits of `batch` random updates in durableupdate.
+    #[serde(default = "durable_update_commits")]
+    pub durable_update_commits: u64,
+}
+
+fn durable_items() -> u64 {
+    500_000
+}
+
+fn durable_single() -> u64 {
+    300
+}
+
+fn durable_update_commits() -> u64 {
+    200
 }
 
 fn one() -> u32 {
@@ -87,6 +136,9 @@ impl Settings {
             batch: 1000,
             seed: 42,
             repetitions: 3,
+            durable_items: durable_items(),
+            durable_single: durable_single(),
+            durable_update_commits: durable_update_commits(),
         }
     }
 
@@ -99,6 +151,8 @@ impl Settings {
             sync_items: 500,
             vbucket_rounds: 1,
             repetitions: 1,
+            durable_items: 100_000,
+            durable_update_commits: 50,
             ..Self::full()
         }
     }
@@ -154,6 +208,17 @@ pub struct StoreRun {
     pub disk_after_load: Option<u64>,
     /// Bytes on disk after deleterandom and compact.
     pub disk_after_compaction: Option<u64>,
+    /// Bytes on disk after each phase of the durable sequence
+    /// (durablebatch, durablesingle, durableupdate), measured as soon as
+    /// the phase ends, with background work still running.
+    #[serde(default)]
+    pub disk_after: BTreeMap<String, u64>,
+    /// The p99 latency (microseconds) of durableupdate's commits that
+    /// overlapped the store's space reclamation, with how many did, and the
+    /// p99 of those that did not; for stores that report their
+    /// reclamation.
+    #[serde(default)]
+    pub reclaim_p99: Option<ReclaimLatency>,
     /// Peak resident memory of the process that ran it, in KiB.
     pub peak_rss_kib: u64,
     /// Digests of what the reads and scans returned: equal across stores
@@ -161,6 +226,19 @@ pub struct StoreRun {
     pub digests: BTreeMap<String, u64>,
     /// The error that stopped the run, if any.
     pub error: Option<String>,
+}
+
+/// Commit latency with and without space reclamation running beside it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ReclaimLatency {
+    /// p99 of the commits that overlapped reclamation, microseconds.
+    pub p99_with_us: Option<f64>,
+    /// How many commits overlapped reclamation.
+    pub commits_with: usize,
+    /// p99 of the other commits, microseconds.
+    pub p99_without_us: Option<f64>,
+    /// How many commits did not overlap it.
+    pub commits_without: usize,
 }
 
 /// FNV-1a, to digest what reads return.
@@ -404,6 +482,119 @@ impl Runner<'_> {
         if self.wants("vbucket") {
             self.vbucket_workload()?;
         }
+        if ["durablebatch", "durablesingle", "warmread", "durableupdate"]
+            .iter()
+            .any(|w| self.wants(w))
+        {
+            self.durable_sequence()?;
+        }
+        Ok(())
+    }
+
+    /// durablebatch, durablesingle, warmread and durableupdate, on one
+    /// store, every commit synced, every key order random.
+    fn durable_sequence(&mut self) -> R<()> {
+        let s = self.s.clone();
+        let n = s.durable_items.max(1);
+        let mut rng = StdRng::seed_from_u64(s.seed ^ 0xd0ab1e);
+        let mut keys: Vec<u64> = (0..n).collect();
+        keys.shuffle(&mut rng);
+        let mut st = self.open("durable", true, 1)?;
+        let mut seqno = 0;
+        let mut lat = Vec::new();
+        let t = Instant::now();
+        self.load(
+            &mut *st,
+            &keys,
+            (0, false),
+            &mut seqno,
+            s.batch,
+            Some(&mut lat),
+        )?;
+        self.record("durablebatch", n, t, lat);
+        self.run
+            .disk_after
+            .insert("durablebatch".into(), st.disk_bytes()?);
+
+        let mut singles: Vec<u64> = (n..n + s.durable_single.max(1)).collect();
+        singles.shuffle(&mut rng);
+        let mut lat = Vec::new();
+        let t = Instant::now();
+        self.load(
+            &mut *st,
+            &singles,
+            (0, false),
+            &mut seqno,
+            1,
+            Some(&mut lat),
+        )?;
+        self.record("durablesingle", singles.len() as u64, t, lat);
+        self.run
+            .disk_after
+            .insert("durablesingle".into(), st.disk_bytes()?);
+
+        let mut lat = Vec::with_capacity(s.reads as usize);
+        let mut d = Fnv::new();
+        let mut rrng = StdRng::seed_from_u64(s.seed + 3);
+        let t = Instant::now();
+        for _ in 0..s.reads {
+            let i = rrng.random_range(0..n);
+            let o = Instant::now();
+            let v = st.get(0, &s.key(i))?;
+            lat.push(o.elapsed().as_nanos() as u64);
+            let v = v.ok_or_else(|| format!("warmread: key {i} is missing"))?;
+            d.add(&v);
+        }
+        self.record("warmread", s.reads, t, lat);
+        self.run.digests.insert("warmread".into(), d.0);
+
+        let mut updates = keys;
+        updates.shuffle(&mut rng);
+        let count = (s.durable_update_commits.max(1) as usize * s.batch.max(1)).min(updates.len());
+        updates.truncate(count);
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let t = Instant::now();
+        for chunk in updates.chunks(s.batch.max(1)) {
+            let mut one = Vec::new();
+            let before = st.reclaim_activity();
+            self.load(
+                &mut *st,
+                chunk,
+                (1, false),
+                &mut seqno,
+                chunk.len(),
+                Some(&mut one),
+            )?;
+            let after = st.reclaim_activity();
+            match (before, after) {
+                (Some(b), Some(a)) if b.overlaps(&a) => with.extend(one),
+                _ => without.extend(one),
+            }
+        }
+        let mut all: Vec<u64> = with.iter().chain(&without).copied().collect();
+        all.sort_unstable();
+        self.record("durableupdate", count as u64, t, all);
+        self.run
+            .disk_after
+            .insert("durableupdate".into(), st.disk_bytes()?);
+        if st.reclaim_activity().is_some() {
+            with.sort_unstable();
+            without.sort_unstable();
+            self.run.reclaim_p99 = Some(ReclaimLatency {
+                p99_with_us: percentile(&with, 0.99),
+                commits_with: with.len(),
+                p99_without_us: percentile(&without, 0.99),
+                commits_without: without.len(),
+            });
+        }
+        // What the updates left reads the same everywhere.
+        let mut d = Fnv::new();
+        let c = st.scan_keys(0, &mut |k, v| {
+            d.add(k);
+            d.add(v);
+        })?;
+        d.add(&c.to_be_bytes());
+        self.run.digests.insert("after-updates".into(), d.0);
         Ok(())
     }
 
@@ -507,6 +698,27 @@ pub fn merge_runs(runs: Vec<StoreRun>) -> StoreRun {
     };
     out.disk_after_load = disk(&|r| r.disk_after_load);
     out.disk_after_compaction = disk(&|r| r.disk_after_compaction);
+    let phases: std::collections::BTreeSet<String> = runs
+        .iter()
+        .flat_map(|r| r.disk_after.keys().cloned())
+        .collect();
+    out.disk_after = phases
+        .into_iter()
+        .filter_map(|p| disk(&|r| r.disk_after.get(&p).copied()).map(|b| (p, b)))
+        .collect();
+    let rec: Vec<ReclaimLatency> = runs.iter().filter_map(|r| r.reclaim_p99).collect();
+    out.reclaim_p99 = (!rec.is_empty()).then(|| {
+        let opt = |f: &dyn Fn(&ReclaimLatency) -> Option<f64>| {
+            let v: Vec<f64> = rec.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        ReclaimLatency {
+            p99_with_us: opt(&|m| m.p99_with_us),
+            commits_with: rec.iter().map(|m| m.commits_with).sum(),
+            p99_without_us: opt(&|m| m.p99_without_us),
+            commits_without: rec.iter().map(|m| m.commits_without).sum(),
+        }
+    });
     out
 }
 

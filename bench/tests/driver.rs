@@ -14,6 +14,9 @@ fn every_store_runs_every_workload_and_returns_the_same_data() {
         vbuckets: 16,
         vbucket_rounds: 2,
         batch: 500,
+        durable_items: 3_000,
+        durable_single: 10,
+        durable_update_commits: 2,
         ..Settings::full()
     };
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +42,8 @@ fn every_store_runs_every_workload_and_returns_the_same_data() {
         runs.push(r);
     }
     let first = &runs[0];
-    assert_eq!(first.digests.len(), 5, "{:?}", first.digests);
+    assert_eq!(first.digests.len(), 7, "{:?}", first.digests);
+    assert_eq!(first.disk_after.len(), 3, "{:?}", first.disk_after);
     for r in &runs[1..] {
         assert_eq!(
             r.digests, first.digests,
