@@ -31,23 +31,11 @@ fn main() {
     vb.get(&keys[5]).unwrap();
     let (h1, _) = store.cache_hit_miss();
     println!("nodes per get: {}", h1 - h0);
-    let path = dir.path().join(format!("0.couch.{}", vb.revision().0));
-    let o = kvstore_couchfile::inspect::open_read_only(&path).unwrap();
-    use kvstore_couchfile::btree::NodeRead;
-    let mut ptr = o.header.by_key.unwrap().ptr;
-    loop {
-        let node = o.file.read_node(ptr).unwrap();
-        match &*node {
-            kvstore_couchfile::node::Node::Interior(n) => {
-                let c = n.children();
-                println!("interior: {} children, chunk {} bytes", c.len(), ptr.len);
-                ptr = c[c.len() / 2].ptr;
-            }
-            kvstore_couchfile::node::Node::Leaf(e) => {
-                println!("leaf: {} entries, chunk {} bytes", e.len(), ptr.len);
-                break;
-            }
-        }
+    // Fold the memtable into the index, so gets go through the trees.
+    let cvb = store.open_couch(Vbid(0), vb.revision()).unwrap();
+    cvb.checkpoint().unwrap();
+    for k in &keys {
+        vb.get(k).unwrap();
     }
     let t = std::time::Instant::now();
     let mut x = 0u64;

@@ -15,7 +15,7 @@
 //! whole tree sit in the root.
 
 use crate::block::{ChunkPtr, PhysWriter};
-use crate::codec::{DecodeResult, Reader, record_summary};
+use crate::codec::{DecodeError, DecodeResult, key_rec_summary, seq_rec_summary};
 use crate::header::Root;
 use crate::node::{
     ChildRef, Compression, Interior, Leaf, Node, Reduce, Resolved, child_entry_size,
@@ -39,9 +39,9 @@ pub trait NodeRead {
 /// Which tree, which decides how leaf entries reduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TreeKind {
-    /// Disk key → document record.
+    /// Disk key → index record (seqno, deletion, expiry, size, log item).
     ByKey,
-    /// Seqno → disk key and document record.
+    /// Seqno → deletion, size and log item.
     BySeqno,
     /// Name → local document value.
     Local,
@@ -51,19 +51,8 @@ impl TreeKind {
     /// The reduction of one leaf entry.
     pub fn reduce(self, key: &Bytes, value: &Bytes) -> DecodeResult<Reduce> {
         let (deleted, bytes) = match self {
-            TreeKind::ByKey => {
-                let mut r = Reader::new(value, "by-key record");
-                let (deleted, vlen) = record_summary(&mut r)?;
-                (deleted, key.len() as u64 + vlen)
-            }
-            TreeKind::BySeqno => {
-                let mut r = Reader::new(value, "by-seqno record");
-                let klen = r
-                    .bytes(kvstore_core::key::MAX_DISK_KEY_LEN, "key length")?
-                    .len();
-                let (deleted, vlen) = record_summary(&mut r)?;
-                (deleted, klen as u64 + vlen)
-            }
+            TreeKind::ByKey => key_rec_summary(value)?,
+            TreeKind::BySeqno => seq_rec_summary(value)?,
             TreeKind::Local => (false, (key.len() + value.len()) as u64),
         };
         Ok(Reduce {
@@ -200,6 +189,40 @@ impl Action {
     }
 }
 
+/// The deepest tree a file may hold. Nodes of a few KiB with at least two
+/// children each make this far more than any real tree needs.
+pub const MAX_DEPTH: usize = 32;
+
+/// Checks the tree-shape rules on a child pointer: a child is written before
+/// its parent, so it lies at a lower offset (which rules out cycles), and
+/// the tree is not deeper than [`MAX_DEPTH`].
+fn check_child(
+    r: &dyn NodeRead,
+    parent: ChunkPtr,
+    child: ChunkPtr,
+    depth: usize,
+) -> StoreResult<()> {
+    if child.offset >= parent.offset {
+        return Err(r.corrupt(
+            parent,
+            DecodeError::new(
+                "interior node",
+                format!(
+                    "child at offset {} does not lie before its parent at {}",
+                    child.offset, parent.offset
+                ),
+            ),
+        ));
+    }
+    if depth >= MAX_DEPTH {
+        return Err(r.corrupt(
+            parent,
+            DecodeError::new("tree", format!("deeper than {MAX_DEPTH} levels")),
+        ));
+    }
+    Ok(())
+}
+
 /// The value stored under `key`, if any. `root_slot` caches the decoded
 /// root (an interior one) for the life of the caller's view.
 pub fn lookup(
@@ -219,21 +242,28 @@ pub fn lookup(
             n
         }
     };
-    lookup_in(r, &node, key)
+    lookup_in(r, &node, root.ptr, key, 0)
 }
 
-fn lookup_in(r: &dyn NodeRead, node: &Node, key: &[u8]) -> StoreResult<Option<Bytes>> {
+fn lookup_in(
+    r: &dyn NodeRead,
+    node: &Node,
+    at: ChunkPtr,
+    key: &[u8],
+    depth: usize,
+) -> StoreResult<Option<Bytes>> {
     match node {
         Node::Interior(node) => {
             let Some(c) = node.children().get(node.route(key)) else {
                 return Ok(None);
             };
+            check_child(r, at, c.ptr, depth + 1)?;
             if let Some(n) = c.resolved.get() {
-                return lookup_in(r, n, key);
+                return lookup_in(r, n, c.ptr, key, depth + 1);
             }
             let n = r.read_node(c.ptr)?;
             c.resolved.keep(&n);
-            lookup_in(r, &n, key)
+            lookup_in(r, &n, c.ptr, key, depth + 1)
         }
         Node::Leaf(leaf) => Ok(leaf.search(key).ok().map(|i| leaf.value(i))),
     }
@@ -250,7 +280,7 @@ pub fn iterate(
 ) -> StoreResult<bool> {
     match root {
         None => Ok(true),
-        Some(root) => iterate_node(r, root.ptr, start, end, visit),
+        Some(root) => iterate_node(r, root.ptr, start, end, visit, 0),
     }
 }
 
@@ -260,6 +290,7 @@ fn iterate_node(
     start: &[u8],
     end: Option<&[u8]>,
     visit: &mut dyn FnMut(&Bytes, &Bytes) -> StoreResult<bool>,
+    depth: usize,
 ) -> StoreResult<bool> {
     let node = r.read_node(ptr)?;
     match &*node {
@@ -277,7 +308,8 @@ fn iterate_node(
         Node::Interior(node) => {
             let children = node.children();
             for c in &children[node.route(start)..] {
-                if !iterate_node(r, c.ptr, start, end, visit)? {
+                check_child(r, ptr, c.ptr, depth + 1)?;
+                if !iterate_node(r, c.ptr, start, end, visit, depth + 1)? {
                     return Ok(false);
                 }
                 if end.is_some_and(|e| &c.max_key[..] >= e) {
@@ -309,7 +341,7 @@ pub fn modify(
             let entries = merge_leaf(&[], actions, replaced).0;
             w.write_leaves(r, kind, entries)?
         }
-        Some(root) => match modify_node(r, w, kind, root.ptr, actions, replaced, true)? {
+        Some(root) => match modify_node(r, w, kind, root.ptr, actions, replaced, true, 0)? {
             Some(refs) => refs,
             None => return Ok(Some(root)),
         },
@@ -379,6 +411,7 @@ fn merge_leaf(
 /// Rewrites the subtree at `ptr`. Returns `None` when nothing changed, or the
 /// references that replace it (none when it became empty, several when it
 /// split).
+#[allow(clippy::too_many_arguments)]
 fn modify_node(
     r: &dyn NodeRead,
     w: &mut NodeWriter<'_>,
@@ -387,6 +420,7 @@ fn modify_node(
     actions: &[Action],
     replaced: &mut dyn FnMut(&Bytes, &Bytes),
     is_root: bool,
+    depth: usize,
 ) -> StoreResult<Option<Vec<ChildRef>>> {
     let node = r.read_node(ptr)?;
     match &*node {
@@ -413,7 +447,17 @@ fn modify_node(
                     out.push(child.clone());
                     continue;
                 }
-                match modify_node(r, w, kind, child.ptr, &actions[start..j], replaced, false)? {
+                check_child(r, ptr, child.ptr, depth + 1)?;
+                match modify_node(
+                    r,
+                    w,
+                    kind,
+                    child.ptr,
+                    &actions[start..j],
+                    replaced,
+                    false,
+                    depth + 1,
+                )? {
                     None => out.push(child.clone()),
                     Some(sub) => {
                         changed = true;

@@ -1,23 +1,43 @@
-//! A shared cache of decoded nodes.
+//! Shared caches: decoded index nodes, and blocks of the write-ahead value
+//! log.
 //!
-//! Nodes are immutable once written, so a node is named by its file and
-//! offset and never goes stale. (A file's torn tail is truncated only when the
-//! file is opened, before any node of it is cached, and every open gets a new
-//! file id.) The cache is sharded so lookups for different vbuckets rarely
-//! meet on a lock, and evicts with the CLOCK second-chance rule, by weight.
+//! Cached things are immutable once written, so an entry is named by its
+//! file and offset and never goes stale. (Every open of a file gets a new
+//! file id, and a file's torn tail is cut before anything of it is cached.)
+//! The caches are sharded so lookups for different vbuckets rarely meet on a
+//! lock, and evict with the CLOCK second-chance rule, by weight.
 
 use crate::node::Node;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const SHARDS: usize = 32;
 
-/// A cache key: file id and node offset.
+/// A cache key: file id and offset.
 pub type CacheKey = (u64, u64);
 
-struct Entry {
-    node: Arc<Node>,
+/// What a cached value costs in memory.
+pub trait Weighted {
+    /// Bytes held, roughly, including bookkeeping.
+    fn weight(&self) -> usize;
+}
+
+impl Weighted for Arc<Node> {
+    fn weight(&self) -> usize {
+        Node::weight(self)
+    }
+}
+
+impl Weighted for Bytes {
+    fn weight(&self) -> usize {
+        self.len() + 96
+    }
+}
+
+struct Entry<V> {
+    value: V,
     weight: usize,
     referenced: bool,
 }
@@ -48,24 +68,39 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<CacheKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
-#[derive(Default)]
-struct Shard {
-    map: KeyMap<Entry>,
+struct Shard<V> {
+    map: KeyMap<Entry<V>>,
     queue: VecDeque<CacheKey>,
     weight: usize,
 }
 
-/// The node cache. Cloning shares it.
-pub struct NodeCache {
-    shards: Box<[Mutex<Shard>]>,
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard {
+            map: KeyMap::default(),
+            queue: VecDeque::new(),
+            weight: 0,
+        }
+    }
+}
+
+/// A sharded CLOCK cache of immutable values.
+pub struct ClockCache<V> {
+    shards: Box<[Mutex<Shard<V>>]>,
     shard_capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-impl std::fmt::Debug for NodeCache {
+/// The cache of decoded index nodes.
+pub type NodeCache = ClockCache<Arc<Node>>;
+
+/// The cache of value-log blocks (4 KiB each, as written).
+pub type BlockCache = ClockCache<Bytes>;
+
+impl<V> std::fmt::Debug for ClockCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCache")
+        f.debug_struct("ClockCache")
             .field("capacity", &(self.shard_capacity * SHARDS))
             .finish_non_exhaustive()
     }
@@ -78,11 +113,17 @@ pub fn new_file_id() -> u64 {
     NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-impl NodeCache {
-    /// A cache holding about `capacity` bytes of decoded nodes.
+fn shard_of(key: CacheKey) -> usize {
+    // Offsets are spread well by their block number; mix in the file id.
+    let h = (key.1 >> 6) ^ key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h as usize) % SHARDS
+}
+
+impl<V: Clone + Weighted> ClockCache<V> {
+    /// A cache holding about `capacity` bytes.
     #[must_use]
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(NodeCache {
+        Arc::new(ClockCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity: capacity / SHARDS,
             hits: AtomicU64::new(0),
@@ -90,23 +131,20 @@ impl NodeCache {
         })
     }
 
-    fn shard(&self, key: CacheKey) -> &Mutex<Shard> {
-        // Offsets are spread well by their block number; mix in the file id.
-        let h = (key.1 >> 6) ^ key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.shards[(h as usize) % SHARDS]
+    fn shard(&self, key: CacheKey) -> std::sync::MutexGuard<'_, Shard<V>> {
+        self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The node, if cached.
-    pub fn get(&self, key: CacheKey) -> Option<Arc<Node>> {
-        let mut s = self
-            .shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// The value, if cached.
+    pub fn get(&self, key: CacheKey) -> Option<V> {
+        let mut s = self.shard(key);
         match s.map.get_mut(&key) {
             Some(e) => {
                 e.referenced = true;
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(Arc::clone(&e.node))
+                Some(e.value.clone())
             }
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -115,23 +153,23 @@ impl NodeCache {
         }
     }
 
-    /// Caches a node.
-    pub fn insert(&self, key: CacheKey, node: Arc<Node>) {
+    /// Caches a value (an existing entry for the key is kept).
+    pub fn insert(&self, key: CacheKey, value: V) {
         if self.shard_capacity == 0 {
             return;
         }
-        let weight = node.weight();
-        let mut s = self
-            .shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let weight = value.weight();
+        if weight > self.shard_capacity {
+            return;
+        }
+        let mut s = self.shard(key);
         if s.map.contains_key(&key) {
             return;
         }
         s.map.insert(
             key,
             Entry {
-                node,
+                value,
                 weight,
                 referenced: false,
             },
@@ -161,12 +199,20 @@ impl NodeCache {
             self.misses.load(Ordering::Relaxed),
         )
     }
+
+    /// Bytes held now.
+    #[must_use]
+    pub fn weight(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).weight)
+            .sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn node(n: usize) -> Arc<Node> {
         Arc::new(Node::Leaf(crate::node::Leaf::from_entries(&[(
@@ -180,10 +226,6 @@ mod tests {
         let c = NodeCache::new(SHARDS * 1000);
         // All in one shard: same file, offsets that hash alike.
         let keys: Vec<CacheKey> = (0..100u64).map(|i| (1, i * 64 * SHARDS as u64)).collect();
-        let shard_of = |k: CacheKey| {
-            let h = (k.1 >> 6) ^ k.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            (h as usize) % SHARDS
-        };
         assert!(keys.iter().all(|k| shard_of(*k) == shard_of(keys[0])));
         c.insert(keys[0], node(100));
         for k in &keys[1..] {
@@ -200,5 +242,8 @@ mod tests {
         let c = NodeCache::new(0);
         c.insert((1, 1), node(1));
         assert!(c.get((1, 1)).is_none());
+        let b = BlockCache::new(0);
+        b.insert((1, 1), Bytes::from_static(b"x"));
+        assert!(b.get((1, 1)).is_none());
     }
 }

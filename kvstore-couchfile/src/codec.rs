@@ -1,16 +1,15 @@
-//! Byte-level encoding: varints, a bounds-checked reader, and the document
-//! record stored in the leaves of the by-key and by-seqno trees.
+//! Byte-level encoding: varints, a bounds-checked reader, and the records
+//! stored in the leaves of the by-key and by-seqno index trees.
 //!
 //! Every decoder checks each length against the bytes that remain before it
 //! slices or allocates, so a damaged file gives a [`DecodeError`] (turned into
 //! a typed corruption error by the caller, who knows the file and offset),
 //! never a panic or a huge allocation.
 
-use crate::block::ChunkPtr;
+use crate::memtable::IndexRec;
+use crate::wal::WalPtr;
 use bytes::Bytes;
-use kvstore_core::{
-    Cas, CorruptionKind, Datatype, DeleteSource, DiskKey, DocMeta, Document, RevSeqno, Seqno,
-};
+use kvstore_core::{CorruptionKind, DeleteSource, Seqno};
 
 /// A structure that did not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,119 +161,95 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Where a document's value lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueRef {
-    /// In the leaf itself (small values).
-    Inline(Bytes),
-    /// In a chunk of its own.
-    External(ChunkPtr),
+/// The by-key leaf value: an [`IndexRec`] without its key.
+pub(crate) fn encode_key_rec(rec: &IndexRec, out: &mut Vec<u8>) {
+    put_varint(out, rec.seqno.0);
+    out.push(DeleteSource::to_byte(rec.deleted));
+    out.extend_from_slice(&rec.expiry.to_le_bytes());
+    put_varint(out, u64::from(rec.body));
+    put_ptr(rec.ptr, out);
 }
 
-impl ValueRef {
-    /// The value's length in bytes.
-    #[must_use]
-    pub fn len(&self) -> u64 {
-        match self {
-            ValueRef::Inline(b) => b.len() as u64,
-            ValueRef::External(p) => u64::from(p.len),
-        }
-    }
-
-    /// True for an empty value.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+fn put_ptr(p: WalPtr, out: &mut Vec<u8>) {
+    put_varint(out, u64::from(p.seg));
+    put_varint(out, p.off);
+    put_varint(out, u64::from(p.len));
 }
 
-/// A document's metadata and value reference, as a tree leaf stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DocRecord {
-    /// The metadata.
-    pub meta: DocMeta,
-    /// The value.
-    pub value: ValueRef,
+fn take_ptr(r: &mut Reader<'_>) -> DecodeResult<WalPtr> {
+    Ok(WalPtr {
+        seg: r.varint_max(u64::from(u32::MAX), "segment")? as u32,
+        off: r.varint()?,
+        len: r.varint_max(crate::wal::MAX_ITEM_LEN, "item length")? as u32,
+    })
 }
 
-const VALUE_INLINE: u8 = 0;
-const VALUE_EXTERNAL: u8 = 1;
+fn take_deleted(r: &mut Reader<'_>, what: &'static str) -> DecodeResult<Option<DeleteSource>> {
+    let b = r.u8()?;
+    DeleteSource::from_byte(b)
+        .ok_or_else(|| DecodeError::new(what, format!("unknown deletion source {b}")))
+}
 
-impl DocRecord {
-    /// Encodes the record (without its key).
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        let m = &self.meta;
-        put_varint(out, m.seqno.0);
-        put_varint(out, m.rev_seqno.0);
-        out.extend_from_slice(&m.cas.0.to_le_bytes());
-        out.extend_from_slice(&m.flags.to_le_bytes());
-        out.extend_from_slice(&m.expiry.to_le_bytes());
-        out.push(m.datatype.0);
-        out.push(DeleteSource::to_byte(m.deleted));
-        match &self.value {
-            ValueRef::Inline(v) => {
-                out.push(VALUE_INLINE);
-                put_bytes(out, v);
-            }
-            ValueRef::External(p) => {
-                out.push(VALUE_EXTERNAL);
-                put_varint(out, p.offset);
-                put_varint(out, u64::from(p.len));
-            }
-        }
+/// Decodes a by-key leaf value.
+pub(crate) fn decode_key_rec(src: &[u8]) -> DecodeResult<IndexRec> {
+    let mut r = Reader::new(src, "by-key record");
+    let seqno = Seqno(r.varint()?);
+    let deleted = take_deleted(&mut r, "by-key record")?;
+    let expiry = r.u32()?;
+    let body = r.varint_max(u64::from(u32::MAX), "body size")? as u32;
+    let ptr = take_ptr(&mut r)?;
+    if !r.is_empty() {
+        return Err(DecodeError::new("by-key record", "trailing bytes"));
     }
+    Ok(IndexRec {
+        seqno,
+        deleted,
+        expiry,
+        body,
+        ptr,
+    })
+}
 
-    /// Decodes a record from `src[start..]`; inline values share `src`.
-    pub(crate) fn decode(src: &Bytes, r: &mut Reader<'_>) -> DecodeResult<Self> {
-        let seqno = Seqno(r.varint()?);
-        let rev_seqno = RevSeqno(r.varint()?);
-        let cas = Cas(r.u64()?);
-        let flags = r.u32()?;
-        let expiry = r.u32()?;
-        let datatype = Datatype(r.u8()?);
-        let byte = r.u8()?;
-        let deleted = DeleteSource::from_byte(byte).ok_or_else(|| {
-            DecodeError::new("document record", format!("unknown deletion source {byte}"))
-        })?;
-        let value = match r.u8()? {
-            VALUE_INLINE => {
-                let v = r.bytes(crate::block::MAX_CHUNK_LEN, "inline value length")?;
-                ValueRef::Inline(slice_of(src, v))
-            }
-            VALUE_EXTERNAL => {
-                let offset = r.varint()?;
-                let len = r.varint_max(crate::block::MAX_CHUNK_LEN as u64, "value length")?;
-                ValueRef::External(ChunkPtr {
-                    offset,
-                    len: len as u32,
-                })
-            }
-            other => {
-                return Err(DecodeError::new(
-                    "document record",
-                    format!("unknown value tag {other}"),
-                ));
-            }
-        };
-        Ok(DocRecord {
-            meta: DocMeta {
-                cas,
-                rev_seqno,
-                seqno,
-                flags,
-                expiry,
-                datatype,
-                deleted,
-            },
-            value,
-        })
-    }
+/// The by-seqno leaf value: deletion state, body size and the item.
+pub(crate) fn encode_seq_rec(rec: &IndexRec, out: &mut Vec<u8>) {
+    out.push(DeleteSource::to_byte(rec.deleted));
+    put_varint(out, u64::from(rec.body));
+    put_ptr(rec.ptr, out);
+}
 
-    /// The bytes this document counts in `data_bytes`: key plus value.
-    #[must_use]
-    pub fn body_size(&self, key_len: usize) -> u64 {
-        key_len as u64 + self.value.len()
+/// A by-seqno entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRec {
+    /// `Some` for a tombstone.
+    pub deleted: Option<DeleteSource>,
+    /// Key plus value bytes.
+    pub body: u32,
+    /// The item in the log.
+    pub ptr: WalPtr,
+}
+
+/// Decodes a by-seqno leaf value.
+pub(crate) fn decode_seq_rec(src: &[u8]) -> DecodeResult<SeqRec> {
+    let mut r = Reader::new(src, "by-seqno record");
+    let deleted = take_deleted(&mut r, "by-seqno record")?;
+    let body = r.varint_max(u64::from(u32::MAX), "body size")? as u32;
+    let ptr = take_ptr(&mut r)?;
+    if !r.is_empty() {
+        return Err(DecodeError::new("by-seqno record", "trailing bytes"));
     }
+    Ok(SeqRec { deleted, body, ptr })
+}
+
+/// What a by-key leaf's reduction needs: tombstone or not, and body size.
+pub(crate) fn key_rec_summary(src: &[u8]) -> DecodeResult<(bool, u64)> {
+    let r = decode_key_rec(src)?;
+    Ok((r.deleted.is_some(), u64::from(r.body)))
+}
+
+/// What a by-seqno leaf's reduction needs.
+pub(crate) fn seq_rec_summary(src: &[u8]) -> DecodeResult<(bool, u64)> {
+    let r = decode_seq_rec(src)?;
+    Ok((r.deleted.is_some(), u64::from(r.body)))
 }
 
 /// A zero-copy sub-slice of `src`; `part` must point into `src`.
@@ -299,95 +274,32 @@ pub(crate) fn parse_seqno_key(k: &[u8]) -> DecodeResult<Seqno> {
     Ok(Seqno(u64::from_be_bytes(a)))
 }
 
-/// A by-seqno leaf value: the key, then the record.
-pub(crate) fn encode_seqno_value(key: &DiskKey, rec: &DocRecord, out: &mut Vec<u8>) {
-    put_bytes(out, key.as_bytes());
-    rec.encode(out);
-}
-
-/// Just what a leaf's reduction needs of a record: whether it is a
-/// tombstone and its value length. Skips the rest without decoding it.
-pub(crate) fn record_summary(r: &mut Reader<'_>) -> DecodeResult<(bool, u64)> {
-    r.varint()?; // seqno
-    r.varint()?; // rev seqno
-    r.take(8 + 4 + 4 + 1)?; // cas, flags, expiry, datatype
-    let deleted = r.u8()? != 0;
-    let len = match r.u8()? {
-        VALUE_INLINE => r.varint_max(crate::block::MAX_CHUNK_LEN as u64, "inline value length")?,
-        VALUE_EXTERNAL => {
-            r.varint()?;
-            r.varint_max(crate::block::MAX_CHUNK_LEN as u64, "value length")?
-        }
-        other => {
-            return Err(DecodeError::new(
-                "document record",
-                format!("unknown value tag {other}"),
-            ));
-        }
-    };
-    Ok((deleted, len))
-}
-
-/// Decodes a by-seqno leaf value.
-pub(crate) fn decode_seqno_value(src: &Bytes) -> DecodeResult<(DiskKey, DocRecord)> {
-    let mut r = Reader::new(src, "by-seqno record");
-    let raw = r.bytes(kvstore_core::key::MAX_DISK_KEY_LEN, "key length")?;
-    let key = DiskKey::from_bytes(raw)
-        .map_err(|e| DecodeError::new("by-seqno record", format!("bad key: {e}")))?;
-    let rec = DocRecord::decode(src, &mut r)?;
-    Ok((key, rec))
-}
-
-/// Decodes a by-key leaf value.
-pub(crate) fn decode_key_value(src: &Bytes) -> DecodeResult<DocRecord> {
-    let mut r = Reader::new(src, "by-key record");
-    DocRecord::decode(src, &mut r)
-}
-
-/// A document from a key and a record whose value is inline (external values
-/// are resolved by the caller).
-pub(crate) fn document(key: DiskKey, rec: DocRecord, value: Bytes) -> Document {
-    Document {
-        key,
-        meta: rec.meta,
-        value,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     #[test]
-    fn record_roundtrip() {
-        let rec = DocRecord {
-            meta: DocMeta {
-                cas: Cas(u64::MAX),
-                rev_seqno: RevSeqno(3),
-                seqno: Seqno(1 << 40),
-                flags: 7,
-                expiry: 9,
-                datatype: Datatype(3),
-                deleted: Some(DeleteSource::Ttl),
-            },
-            value: ValueRef::Inline(Bytes::from_static(b"hello")),
-        };
-        let mut out = Vec::new();
-        rec.encode(&mut out);
-        let src = Bytes::from(out);
-        let back = decode_key_value(&src).unwrap();
-        assert_eq!(back, rec);
-        let ext = DocRecord {
-            value: ValueRef::External(ChunkPtr {
-                offset: 123_456,
+    fn records_roundtrip() {
+        let rec = IndexRec {
+            seqno: Seqno(1 << 40),
+            deleted: Some(DeleteSource::Ttl),
+            expiry: 9,
+            body: 77,
+            ptr: WalPtr {
+                seg: 3,
+                off: 123_456,
                 len: 99,
-            }),
-            ..rec
+            },
         };
         let mut out = Vec::new();
-        ext.encode(&mut out);
-        assert_eq!(decode_key_value(&Bytes::from(out)).unwrap(), ext);
+        encode_key_rec(&rec, &mut out);
+        assert_eq!(decode_key_rec(&out).unwrap(), rec);
+        assert_eq!(key_rec_summary(&out).unwrap(), (true, 77));
+        let mut out = Vec::new();
+        encode_seq_rec(&rec, &mut out);
+        let s = decode_seq_rec(&out).unwrap();
+        assert_eq!((s.deleted, s.body, s.ptr), (rec.deleted, rec.body, rec.ptr));
     }
 
     #[test]
@@ -404,9 +316,8 @@ mod tests {
     proptest! {
         #[test]
         fn decoders_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let src = Bytes::from(raw);
-            let _ = decode_key_value(&src);
-            let _ = decode_seqno_value(&src);
+            let _ = decode_key_rec(&raw);
+            let _ = decode_seq_rec(&raw);
         }
     }
 }

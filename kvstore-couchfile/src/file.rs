@@ -1,25 +1,26 @@
-//! One open couchfile: finding its newest valid header, and reading nodes,
-//! values and older headers from it.
+//! One index file: finding its newest valid header, and reading nodes and
+//! older headers from it.
 
 use crate::block::{
     BLOCK_SIZE, BlockProbe, ChunkPtr, crc_range, header_end, probe_block, read_chunk,
 };
 use crate::btree::NodeRead;
 use crate::cache::{NodeCache, new_file_id};
-use crate::codec::{DecodeError, ValueRef};
+use crate::codec::DecodeError;
+use crate::fdcache::FileSlot;
 use crate::header::Header;
-use crate::io::{FileIo, Io};
+use crate::io::FileIo;
 use crate::node::Node;
 use bytes::Bytes;
 use kvstore_core::{CorruptionKind, StoreError, StoreResult};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// An open couchfile.
+/// An open index file.
 #[derive(Debug)]
 pub struct CouchFile {
-    io: FileIo,
+    slot: Arc<FileSlot>,
     id: u64,
     cache: Arc<NodeCache>,
     /// The end of the durable, committed part: reads never go past it.
@@ -40,9 +41,9 @@ pub struct Opened {
 
 impl CouchFile {
     /// Wraps a file whose committed part ends at `end`.
-    pub(crate) fn new(io: FileIo, cache: Arc<NodeCache>, end: u64) -> Arc<Self> {
+    pub(crate) fn new(slot: Arc<FileSlot>, cache: Arc<NodeCache>, end: u64) -> Arc<Self> {
         Arc::new(CouchFile {
-            io,
+            slot,
             id: new_file_id(),
             cache,
             end: AtomicU64::new(end),
@@ -57,8 +58,9 @@ impl CouchFile {
     /// torn one must then be valid. A damaged header anywhere else has later
     /// data after it and is reported as corruption, as is a newest header
     /// whose predecessor is damaged. A torn tail is cut off when `writable`.
-    pub fn open(path: &Path, writable: bool, io: Io, cache: Arc<NodeCache>) -> StoreResult<Opened> {
-        let fio = FileIo::open(path, writable, io)?;
+    pub fn open(slot: Arc<FileSlot>, writable: bool, cache: Arc<NodeCache>) -> StoreResult<Opened> {
+        let fio = slot.get()?;
+        let path = &slot.path();
         let len = fio.size()?;
         let corrupt = |offset: u64, kind| StoreError::corrupt(path, offset, kind);
         if len == 0 {
@@ -137,7 +139,8 @@ impl CouchFile {
             // new length durable along with its data.
             fio.truncate(end)?;
         }
-        let file = CouchFile::new(fio, cache, end);
+        drop(fio);
+        let file = CouchFile::new(slot, cache, end);
         Ok(Opened {
             file,
             header,
@@ -147,14 +150,19 @@ impl CouchFile {
 
     /// The file's path.
     #[must_use]
-    pub fn path(&self) -> &Path {
-        self.io.path()
+    pub fn path(&self) -> PathBuf {
+        self.slot.path()
     }
 
-    /// The I/O handle.
+    /// The open descriptor.
+    pub fn io(&self) -> StoreResult<Arc<FileIo>> {
+        self.slot.get()
+    }
+
+    /// The file's slot.
     #[must_use]
-    pub fn io(&self) -> &FileIo {
-        &self.io
+    pub fn slot(&self) -> &Arc<FileSlot> {
+        &self.slot
     }
 
     /// The end of the committed part.
@@ -187,27 +195,19 @@ impl CouchFile {
 
     /// Reads a chunk.
     pub fn read_chunk(&self, ptr: ChunkPtr) -> StoreResult<Bytes> {
-        read_chunk(&self.io, self.end(), ptr)
-    }
-
-    /// Reads a value.
-    pub fn read_value(&self, v: &ValueRef) -> StoreResult<Bytes> {
-        match v {
-            ValueRef::Inline(b) => Ok(b.clone()),
-            ValueRef::External(p) => self.read_chunk(*p),
-        }
+        read_chunk(&*self.io()?, self.end(), ptr)
     }
 
     /// Reads and checks the header at `offset` (for rollback and dumps).
     pub fn read_header(&self, offset: u64) -> StoreResult<Header> {
         let corrupt = |kind| StoreError::corrupt(self.path(), offset, kind);
-        if !offset.is_multiple_of(BLOCK_SIZE) {
+        if !offset.is_multiple_of(BLOCK_SIZE) || offset >= self.end() {
             return Err(corrupt(CorruptionKind::Malformed {
                 what: "header pointer",
                 detail: "not at a block boundary".into(),
             }));
         }
-        match probe_block(&self.io, self.end(), offset)? {
+        match probe_block(&*self.io()?, self.end(), offset)? {
             BlockProbe::Header(p) => Header::decode(&p, offset).map_err(corrupt),
             BlockProbe::Damaged(kind) => Err(corrupt(kind)),
             BlockProbe::Data => Err(corrupt(CorruptionKind::Malformed {

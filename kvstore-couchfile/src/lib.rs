@@ -1,98 +1,153 @@
-//! `kvstore-couchfile`: the embedded default backend. One append-only file
-//! per vbucket revision, named `<vbid>.couch.<rev>`, holding three
-//! copy-on-write B+trees (by key, by seqno, local documents). It needs no C++
+//! `kvstore-couchfile`: the embedded default backend. It needs no C++
 //! toolchain.
 //!
-//! # File format
+//! # Why this shape
 //!
-//! - The file is a run of 4 KiB blocks. The first byte of every block is a
-//!   marker: `0x00` for data, `0x01` for a header ([`block`]). Data is
-//!   written as a byte stream that skips marker bytes, so client bytes can
-//!   never forge a header block.
-//! - Everything else is a **chunk**: a 4-byte length, a CRC32C of the
-//!   payload, then the payload. Values above
-//!   [`CouchConfig::inline_value_max`] get a chunk of their own; smaller ones
-//!   live inside the leaves.
-//! - **Nodes** ([`node`]) are chunks holding a codec byte (none, snappy,
-//!   LZ4), the uncompressed length and the compressed node. Interior entries
-//!   carry their subtree's reduction: live count, tombstone count and key +
-//!   value bytes, so item counts and fragmentation are read off the root.
-//! - The **by-key** tree maps a disk key to the document record (seqno, CAS,
-//!   rev seqno, flags, expiry, datatype, deletion, value or value pointer).
-//!   The **by-seqno** tree maps a big-endian seqno to the key and the same
-//!   record, so a backfill scan needs no second lookup. An update removes
-//!   the key's old by-seqno entry in the same commit.
-//! - A **header** ([`header`]) starts a block. It holds the three roots, the
-//!   high and purge seqnos, the offset of the previous header (the rollback
-//!   chain), and the commit's *region*: its first byte and the CRC32C of every
-//!   physical byte from there to the header block.
+//! The first version of this crate was couchstore's shape: copy-on-write
+//! B-trees in one append-only file, where every commit rewrote the
+//! leaf-to-root path of every key it touched, in two trees, and garbage
+//! stayed until a full compaction. With random keys that wrote and stored
+//! an order of magnitude more than the LSM peers. Couchbase replaced
+//! couchstore with Magma for the same reason (Lakshman et al., VLDB 2022):
+//! a write-ahead log that also holds the documents (key-value separation,
+//! as WiscKey), an index updated in large batches, and incremental garbage
+//! collection of the log. This crate now has that shape:
 //!
-//! # Commit protocol: one sync per commit
+//! - **a commit is one append to a log and one `fdatasync`**; the log keeps
+//!   the documents for good (their values are never rewritten into a tree);
+//! - the commit's changes go to a **memtable**; a **checkpoint** folds many
+//!   commits into the **index** (the by-key, by-seqno and local trees, whose
+//!   leaves point at documents in the log) in one pass, so a leaf is
+//!   rewritten once per checkpoint, not once per commit;
+//! - **space is reclaimed automatically and incrementally**, one log segment
+//!   at a time, by copying a sparse segment's live documents forward; the
+//!   index is rewritten densely when it has grown to twice its dense size.
 //!
-//! A commit builds, in memory, every new node of the three trees (each node
-//! on the path to any changed key is rewritten once per batch; overflowing
-//! nodes split into evenly filled siblings), then the header, and writes all
-//! of it with one `pwrite` at the end of the committed part, followed by one
-//! `fdatasync`. The commit is acknowledged only after the sync returns.
+//! # Files
 //!
-//! Why one sync is enough. After a crash, the newest header-marked block is
-//! examined first:
-//! - if its header decodes and its CRC holds **and** the CRC of its region
-//!   matches, every byte the commit wrote is on disk. Every node it points at
-//!   is either in that region or was written by an earlier commit, which
-//!   was synced before this one began. The commit is complete, so it is used
-//!   (an unacknowledged but complete commit is allowed: all or nothing);
-//! - otherwise the commit is torn: the kernel wrote some of its pages and not
-//!   others, in any order. Its header block can only be the file's **last**
-//!   block, because nothing is written after a header until the next commit,
-//!   which starts only after this one's sync returned. So the previous header
-//!   is used instead, and it must be intact, since its commit was synced.
+//! Each vbucket revision is a directory `<vbid>.couch.<rev>` holding:
 //!
-//! Upstream couchstore needs two syncs because it cannot tell a header whose
-//! data never reached the disk from a good one; the region CRC is what tells
-//! them apart here.
+//! - `wal.<n>`: log segments, up to [`CouchConfig::segment_bytes`] each (see
+//!   [`wal`] for the block, record and item formats);
+//! - `index.<n>`: the index file (see below); normally one, two briefly
+//!   while a dense rewrite replaces the old one.
 //!
-//! Damage that a crash cannot explain is reported, not skipped: a damaged or
-//! region-failing header that is not in the last block (later data follows
-//! it), a second damaged header, or a newest header whose predecessor does
-//! not decode, are typed corruption errors naming the file and offset
-//! ([`kvstore_core::CorruptionKind::BadHeaderBeforeValidData`]). A torn
-//! tail is cut off when the file is next opened for writing, before anything
-//! is appended, so a torn commit never ends up followed by valid data.
+//! The data directory also holds a `LOCK` file, locked by the one store
+//! instance using the directory.
 //!
-//! A failed write or sync **poisons** the handle: every later call fails with
-//! [`kvstore_core::StoreError::Poisoned`] until the store is reopened, because
-//! after a failed `fsync` the kernel may have dropped the dirty pages (upstream
-//! MB-42224), and only a reopen re-reads what really is on disk.
+//! Creating a revision writes a `.tmp` directory, syncs it and renames it,
+//! so after a crash a revision exists whole or not at all. Marking one
+//! deleted renames it to `.deleted`; startup ([`kvstore_core::KvStore::discover`])
+//! removes those, `.tmp` leftovers and older revisions.
 //!
-//! # Rollback, compaction, revisions
+//! # The index file
 //!
-//! Rollback walks the previous-header chain to the newest header at or below
-//! the target seqno and appends a copy of it (one sync). See [`compact`] for
-//! compaction, which writes `<vbid>.couch.<rev>.compact` and switches to
-//! `<vbid>.couch.<rev+1>`, holding commits back only for the final catch-up.
-//! New revisions are always above every revision used for the vbucket, and
-//! [`kvstore_core::KvStore::discover`] keeps the newest file of each vbucket,
-//! removing older ones and `.compact` / `.tmp` leftovers.
+//! A run of 4 KiB blocks whose first byte is a marker (`0x00` data, `0x01`
+//! header), with CRC32C-checked chunks written as a stream that skips the
+//! markers, so no client byte can forge a header ([`block`]). Nodes
+//! ([`node`]) are LZ4-compressed chunks. The by-key tree maps a disk key to
+//! an index record: seqno, deletion state, expiry, key+value size and the
+//! document's place in the log. The by-seqno tree maps a seqno to the
+//! deletion state, size and place. The local tree holds local documents.
+//! Interior entries carry their subtree's live count, tombstone count and
+//! bytes, so counts and sizes are O(1). A child always lies before its
+//! parent in the file and trees are at most [`btree::MAX_DEPTH`] deep; a
+//! node that breaks either rule is reported as corruption, so a damaged
+//! file can never make a reader loop or recurse without end.
+//!
+//! A checkpoint appends the changed nodes, the segment table (every log
+//! segment's bytes and live bytes) and a header ([`header`]) with one
+//! `pwrite` and one `fdatasync`. The header stamps the CRC32C of every byte
+//! the checkpoint wrote (its *region*): on open, the newest header whose
+//! region checks is used, and a torn last checkpoint falls back to the one
+//! before it. The header also says where in the log replay starts.
+//!
+//! # Commit, durability and recovery
+//!
+//! [`kvstore_core::VbStore::commit`] validates the batch, looks up each
+//! key's current version (for exact counts and the by-seqno entry it
+//! replaces), encodes the documents (values LZ4-compressed when that pays)
+//! into one record, appends it at the end of the newest segment and syncs.
+//! **When `commit` returns, the batch is durable**; only then does it
+//! enter the memtable and become visible. Small records are followed by
+//! zero-filled space (a quarter of the file, 64 KiB to 4 MiB) in the same write, so most syncs do
+//! not change the file's size and flush data blocks only.
+//!
+//! Opening a revision reads the newest valid index header and replays every
+//! log record after its replay position into the memtable. The log ends at
+//! the first block that does not start a valid record: an empty block, or a
+//! damaged record with nothing valid after it (a torn final commit, which
+//! the next write overwrites). A damaged or missing record *followed by* a
+//! valid one cannot come from a crash and is reported as corruption naming
+//! the file and offset.
+//!
+//! # Faults
+//!
+//! A failed write acknowledges nothing and leaves the store usable: the
+//! garbage it may have left after the last durable record is zeroed by the
+//! next write. A failed sync *poisons* the log writer, because the kernel
+//! may have dropped the dirty pages and cleared the error (upstream
+//! MB-42224): the commit is refused, and before anything else is written the
+//! writer reopens the file and overwrites the failed region with zeros,
+//! synced, so the refused commit can never reappear. Reads carry on
+//! throughout: they only see acknowledged commits. No caller has to reopen
+//! the store.
+//!
+//! # Space reclamation (on by default)
+//!
+//! See [`maint`]. Thresholds: a closed segment entirely behind the replay
+//! position is reclaimed when less than [`CouchConfig::reclaim_live_ratio`]
+//! (default 0.5) of its bytes are live and at least
+//! [`CouchConfig::reclaim_min_garbage`] are garbage; the index is rewritten
+//! densely when a checkpoint would leave it over
+//! [`CouchConfig::index_rewrite_ratio`] (default 2) times its dense size, or
+//! changes more than a quarter of its entries. Reclamation copies documents
+//! in relocation records of 256 KiB, each holding the writer for one append,
+//! so a commit waits at most for one of them. Explicit
+//! [`kvstore_core::VbStore::compact`] also purges tombstones and dropped
+//! collections per its config, rewrites the index and reclaims every closed
+//! segment with garbage.
+//!
+//! # Resources
+//!
+//! Memory is bounded by [`CouchConfig::cache_bytes`] (index nodes),
+//! [`CouchConfig::block_cache_bytes`] (log blocks) and
+//! [`CouchConfig::memtable_budget`] (all memtables; past twice the budget,
+//! commits wait for checkpoints). Open files are bounded by
+//! [`CouchConfig::max_open_files`] through a descriptor cache ([`fdcache`]),
+//! so 1,024 vbuckets run under `ulimit -n 1024`.
+//!
+//! # Rollback
+//!
+//! A rollback to seqno `s` takes the newest index header at or below `s`
+//! whose log is still all there (normally the current or the previous
+//! checkpoint), replays the log from its replay position up to the last
+//! commit at or below `s`, and writes the result as a new checkpoint. The
+//! exact window is therefore every commit since the previous checkpoint;
+//! before that, or after a dense rewrite of the index, it rolls back to zero,
+//! as the contract allows.
 //!
 //! # Reading the files
 //!
-//! The `couchfile` tool (feature `cli`, on by default) prints a file's
-//! header, counts, sizes and fragmentation (`couchfile info FILE`) and dumps
-//! its trees or headers (`couchfile dump FILE --by-key|--by-seqno|--local|
-//! --headers [--json]`).
+//! The `couchfile` tool (feature `cli`, on by default) prints a revision's
+//! header, counts, sizes, segments and fragmentation (`couchfile info DIR`)
+//! and dumps its trees, headers, segments or log records (`couchfile dump
+//! DIR --by-key|--by-seqno|--local|--headers|--segments|--log [--json]`).
 
 pub mod block;
 pub mod btree;
 pub mod cache;
 pub mod codec;
-pub mod compact;
+pub mod fdcache;
 pub mod file;
 pub mod header;
 pub mod inspect;
 pub mod io;
+pub mod maint;
+pub mod memtable;
 pub mod node;
 pub mod store;
+pub mod wal;
 
 pub use file::CouchFile;
 pub use io::{FaultInjector, Io, IoStats};

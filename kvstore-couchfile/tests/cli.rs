@@ -1,4 +1,4 @@
-//! The `couchfile` tool on a file written by the store.
+//! The `couchfile` tool on a store written by the backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -24,8 +24,13 @@ fn info_and_dump_read_a_real_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = CouchStore::open(dir.path(), CouchConfig::default()).unwrap();
     let vb = store.create(Vbid(7)).unwrap();
+    let cvb = store.open_couch(Vbid(7), vb.revision()).unwrap();
     for b in 0..6 {
         vb.commit(common::batch(b)).unwrap();
+        if b == 3 {
+            // Batches 0-3 go into the index; 4 and 5 stay in the log.
+            cvb.checkpoint().unwrap();
+        }
     }
     let file = dir.path().join(format!("7.couch.{}", vb.revision().0));
     let f = file.to_str().unwrap();
@@ -35,12 +40,18 @@ fn info_and_dump_read_a_real_file() {
     assert!(out.contains("vbucket:         7"), "{out}");
     assert!(out.contains("high seqno:      60"), "{out}");
     assert!(out.contains("deleted items:   2"), "{out}");
+    assert!(out.contains("log records after the checkpoint: 2"), "{out}");
 
     let (ok, out, _) = run(&["info", "--json", f]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["header"]["high_seqno"], 60);
-    assert_eq!(v["header"]["live_items"], 55);
+    assert_eq!(v["high_seqno"], 60);
+    assert_eq!(v["live_items"], 55);
+    assert_eq!(
+        v["header"]["high_seqno"], 40,
+        "the checkpoint holds batches 0-3"
+    );
+    assert_eq!(v["segments"].as_array().unwrap().len(), 1);
 
     let (ok, out, _) = run(&["dump", f, "--by-seqno"]);
     assert!(ok);
@@ -74,13 +85,28 @@ fn info_and_dump_read_a_real_file() {
     assert!(ok);
     assert_eq!(
         out.lines().count(),
-        7,
-        "the creation header and six commits: {out}"
+        2,
+        "the creation header and one checkpoint: {out}"
     );
 
-    // A file that is not a couchfile: a typed error, exit status 1.
-    let junk = dir.path().join("junk");
-    std::fs::write(&junk, b"not a couchfile").unwrap();
+    let (ok, out, _) = run(&["dump", f, "--log"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 6, "six commit records: {out}");
+    assert!(out.lines().all(|l| l.contains(" commit ")), "{out}");
+
+    let (ok, out, _) = run(&["dump", f, "--segments", "--json"]);
+    assert!(ok);
+    let seg: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(seg["live_bytes"].as_u64().unwrap() > 0, "{out}");
+
+    // A directory that is not a store, and a store whose index is garbage:
+    // typed errors, exit status 1.
+    let (ok, _, err) = run(&["info", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("<vbid>.couch.<rev>"), "{err}");
+    let junk = dir.path().join("9.couch.1");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("index.1"), b"not an index file").unwrap();
     let (ok, _, err) = run(&["info", junk.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("no valid header found"), "{err}");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "couchfile",
-    about = "Inspect vbucket store files (<vbid>.couch.<rev>)"
+    about = "Inspect a vbucket store: a <vbid>.couch.<rev> directory (index file and log segments)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,9 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The newest header, counts, sizes and fragmentation.
+    /// The newest index header, counts, sizes, log segments and
+    /// fragmentation.
     Info {
-        /// The file.
+        /// The store directory.
         file: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -42,14 +43,20 @@ struct What {
     /// Local documents.
     #[arg(long)]
     local: bool,
-    /// Every header of the rollback chain, newest first.
+    /// Every index header of the rollback chain, newest first.
     #[arg(long)]
     headers: bool,
+    /// The log segments: bytes and live bytes.
+    #[arg(long)]
+    segments: bool,
+    /// Every log record, in log order.
+    #[arg(long)]
+    log: bool,
 }
 
 #[derive(Args)]
 struct DumpArgs {
-    /// The file.
+    /// The store directory.
     file: PathBuf,
     #[command(flatten)]
     what: What,
@@ -103,23 +110,44 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 out!("{}", json(&i));
             } else {
                 let h = &i.header;
-                out!("file:            {}", i.path);
-                out!("size:            {} bytes", i.file_bytes);
-                if i.torn_bytes > 0 {
-                    out!("torn tail:       {} bytes (ignored)", i.torn_bytes);
-                }
+                out!("store:           {}", i.path);
                 out!("vbucket:         {}", h.vbid);
                 out!("revision:        {}", h.revision);
+                out!("disk bytes:      {}", i.disk_bytes);
+                out!("index bytes:     {}", i.index_bytes);
+                out!("checkpoints:     {}", h.checkpoint);
                 out!("header offset:   {}", h.offset);
-                out!("commits:         {}", h.commit);
-                out!("high seqno:      {}", h.high_seqno);
+                out!(
+                    "replay from:     segment {} offset {} (commit {})",
+                    h.replay_from.0,
+                    h.replay_from.1,
+                    h.next_commit
+                );
+                out!(
+                    "log records after the checkpoint: {}",
+                    i.records_after_checkpoint
+                );
+                out!("high seqno:      {}", i.high_seqno);
                 out!("purge seqno:     {}", h.purge_seqno);
-                out!("live items:      {}", h.live_items);
-                out!("deleted items:   {}", h.deleted_items);
-                out!("data bytes:      {}", h.data_bytes);
+                out!("live items:      {}", i.live_items);
+                out!("deleted items:   {}", i.deleted_items);
+                out!("data bytes:      {}", i.data_bytes);
                 out!("local docs:      {}", h.local_docs);
-                out!("by-seqno items:  {}", i.by_seqno_entries);
-                out!("fragmentation:   {:.1}%", i.fragmentation * 100.0);
+                out!("reclaimed bytes: {}", h.reclaimed_bytes);
+                out!(
+                    "log:             {} segments, {:.1}% of their document bytes not live",
+                    i.segments.len(),
+                    i.log_fragmentation * 100.0
+                );
+                for s in &i.segments {
+                    out!(
+                        "  wal.{:<6} {:>12} bytes on disk, {:>12} document bytes, {:>12} live",
+                        s.no,
+                        s.file_bytes,
+                        s.item_bytes,
+                        s.live_bytes
+                    );
+                }
             }
         }
         Command::Dump(args) => {
@@ -130,18 +158,52 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         out!("{}", json(&h));
                     } else {
                         out!(
-                            "header @{} commit {} high {} purge {} live {} deleted {} prev {:?} region {} bytes",
+                            "header @{} checkpoint {} high {} purge {} live {} deleted {} prev {:?} region {} bytes replay from {}:{}",
                             h.offset,
-                            h.commit,
+                            h.checkpoint,
                             h.high_seqno,
                             h.purge_seqno,
                             h.live_items,
                             h.deleted_items,
                             h.prev,
-                            h.region_bytes
+                            h.region_bytes,
+                            h.replay_from.0,
+                            h.replay_from.1
                         );
                     }
                 }
+            } else if w.segments {
+                for seg in inspect::segments(&args.file)? {
+                    if args.json {
+                        out!("{}", json(&seg));
+                    } else {
+                        out!(
+                            "wal.{} file {} bytes, documents {} bytes, live {} bytes",
+                            seg.no,
+                            seg.file_bytes,
+                            seg.item_bytes,
+                            seg.live_bytes
+                        );
+                    }
+                }
+            } else if w.log {
+                inspect::dump_log(&args.file, &mut |r| {
+                    if args.json {
+                        out!("{}", json(&r));
+                    } else {
+                        out!(
+                            "wal.{} @{} {} commit {} high {} {} bytes {} items seqnos {:?}",
+                            r.segment,
+                            r.offset,
+                            r.kind,
+                            r.commit,
+                            r.high_seqno,
+                            r.bytes,
+                            r.items,
+                            r.seqnos
+                        );
+                    }
+                })?;
             } else if w.local {
                 for (name, value) in inspect::dump_local(&args.file)? {
                     if args.json {
