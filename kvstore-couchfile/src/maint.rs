@@ -180,8 +180,23 @@ pub(crate) fn replay(
         loop {
             match probe(&file, *no, len, pos)? {
                 Probe::Record(r) => {
+                    // Commit numbers are handed out one by one, and a failed
+                    // append takes none: a gap means records went missing.
+                    if r.commit != last + 1 {
+                        return Err(StoreError::corrupt(
+                            file.path(),
+                            pos,
+                            CorruptionKind::Malformed {
+                                what: "log",
+                                detail: format!(
+                                    "record of commit {} follows commit {last}: records are missing",
+                                    r.commit
+                                ),
+                            },
+                        ));
+                    }
                     f(&r)?;
-                    last = last.max(r.commit);
+                    last = r.commit;
                     pos += r.phys_len;
                 }
                 Probe::Empty => {
@@ -258,23 +273,22 @@ struct TreeChanges {
 
 fn changes_of(mem: &Memtable, locals: &BTreeMap<String, Bytes>) -> TreeChanges {
     let m = mem.read();
-    let mut by_key = Vec::with_capacity(m.keys.len());
+    let mut by_key = Vec::with_capacity(m.len());
     let mut seq: BTreeMap<u64, Option<Bytes>> = BTreeMap::new();
-    for (key, kv) in &m.keys {
-        if let Some(p) = kv.prior {
-            seq.insert(p.seqno.0, None);
+    for (key, kv) in m.range(b"", None) {
+        if let Some(p) = kv.prior_seqno() {
+            seq.insert(p.0, None);
         }
-        match kv.last().map(|v| v.change) {
-            Some(Change::Put(r)) => {
+        match kv.last().change {
+            Change::Put(r) => {
                 let mut v = Vec::with_capacity(32);
                 encode_key_rec(&r, &mut v);
-                by_key.push(Action::Put(key.to_shared(), Bytes::from(v)));
+                by_key.push(Action::Put(Bytes::copy_from_slice(key), Bytes::from(v)));
                 let mut s = Vec::with_capacity(24);
                 encode_seq_rec(&r, &mut s);
                 seq.insert(r.seqno.0, Some(Bytes::from(s)));
             }
-            Some(Change::Purge) => by_key.push(Action::Remove(key.to_shared())),
-            None => {}
+            Change::Purge => by_key.push(Action::Remove(Bytes::copy_from_slice(key))),
         }
     }
     let by_seqno = seq
@@ -299,7 +313,7 @@ fn changes_of(mem: &Memtable, locals: &BTreeMap<String, Bytes>) -> TreeChanges {
         by_key,
         by_seqno,
         local,
-        keys: m.keys.len() as u64,
+        keys: m.len() as u64,
     }
 }
 
@@ -816,15 +830,12 @@ fn for_each_current(
         .flatten()
     {
         let inner = m.read();
-        for (k, kv) in &inner.keys {
-            if mem.contains_key(k) {
-                continue;
-            }
-            match kv.last().map(|x| x.change) {
-                Some(Change::Put(r)) => mem.insert(k.clone(), Found::Rec(r)),
-                Some(Change::Purge) => mem.insert(k.clone(), Found::Purged),
-                None => None,
+        for (k, kv) in inner.range(b"", None) {
+            let found = match kv.last().change {
+                Change::Put(r) => Found::Rec(r),
+                Change::Purge => Found::Purged,
             };
+            mem.entry(crate::store::mem_key(k)?).or_insert(found);
         }
     }
     let path = v.index.file.path();

@@ -11,10 +11,23 @@
 //! pinned to commit `c` sees exactly what was there at `c` by ignoring
 //! versions of later commits. Only a rollback takes versions away, and it
 //! does so by replacing the memtable, not by editing it.
+//!
+//! # Layout
+//!
+//! The memtable is what bounds how many commits a checkpoint folds at once,
+//! so it is kept compact: keys live in one byte arena, each key's newest
+//! version in one fixed-size entry, older versions (rare: a key changed
+//! twice between checkpoints) in a side list, and a hash table (SipHash,
+//! keyed per process, as client keys are hashed) maps a key to its entry,
+//! so point lookups compare one key rather than the long shared prefixes an
+//! ordered map would walk through. About 100 bytes per key. Ordered walks
+//! (key ranges, checkpoints) sort the entries they need.
 
 use crate::wal::WalPtr;
+use hashbrown::HashTable;
 use kvstore_core::{DeleteSource, DiskKey, Seqno};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// What the index holds for one document: where its current version is in
@@ -61,49 +74,97 @@ pub struct Version {
     pub change: Change,
 }
 
-/// Every version of one key in this memtable.
-#[derive(Debug, Clone, Default)]
-pub struct KeyVersions {
-    /// The version the store had before the first one here (from an older
-    /// memtable or the index), needed to remove its by-seqno entry.
-    pub prior: Option<IndexRec>,
-    /// In commit order.
-    pub versions: Vec<Version>,
+const NONE: u32 = u32::MAX;
+
+/// One key: where its bytes are, its newest version, and what the store
+/// had before the first version here.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key_off: u32,
+    key_len: u16,
+    newest: Version,
+    /// The seqno of the version the store had before this memtable (0:
+    /// none), whose by-seqno entry a checkpoint removes.
+    prior_seqno: u64,
+    /// The next older version here, in `older` (or `NONE`).
+    older: u32,
 }
 
-impl KeyVersions {
+/// An older version of a key, chained newest first.
+#[derive(Debug, Clone, Copy)]
+struct Older {
+    version: Version,
+    next: u32,
+}
+
+/// A key's versions, as a walk over the memtable returns them.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyVersions<'a> {
+    m: &'a MemInner,
+    e: &'a Entry,
+}
+
+impl KeyVersions<'_> {
     /// The newest version made at or before `commit`.
     #[must_use]
-    pub fn at(&self, commit: u64) -> Option<&Version> {
-        self.versions.iter().rev().find(|v| v.commit <= commit)
+    pub fn at(&self, commit: u64) -> Option<Version> {
+        if self.e.newest.commit <= commit {
+            return Some(self.e.newest);
+        }
+        let mut i = self.e.older;
+        while i != NONE {
+            let o = self.m.older[i as usize];
+            if o.version.commit <= commit {
+                return Some(o.version);
+            }
+            i = o.next;
+        }
+        None
     }
 
     /// The newest version.
     #[must_use]
-    pub fn last(&self) -> Option<&Version> {
-        self.versions.last()
+    pub fn last(&self) -> Version {
+        self.e.newest
+    }
+
+    /// The seqno the store had for the key before this memtable.
+    #[must_use]
+    pub fn prior_seqno(&self) -> Option<Seqno> {
+        (self.e.prior_seqno != 0).then_some(Seqno(self.e.prior_seqno))
     }
 }
 
-/// Bytes one version costs, roughly (for the memory budget).
-const VERSION_BYTES: usize = 48;
-/// Bytes a key's entry costs beyond its versions.
-const KEY_BYTES: usize = 96;
-
 /// What the memtable holds, behind its lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemInner {
-    /// Versions by key.
-    pub keys: BTreeMap<DiskKey, KeyVersions>,
-    /// Seqnos of the `Put`s here (relocations reuse theirs), for seqno
-    /// scans: seqno → key.
-    pub by_seqno: BTreeMap<u64, DiskKey>,
+    hasher: std::hash::RandomState,
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    arena: Vec<u8>,
+    older: Vec<Older>,
+    /// New seqnos here (relocations and purges keep theirs), ascending:
+    /// seqno and entry.
+    by_seqno: Vec<(u64, u32)>,
     /// Local documents changed here.
     pub locals_changed: BTreeSet<String>,
-    /// Estimated bytes held.
-    pub bytes: usize,
     /// The newest commit applied.
     pub commits: u64,
+}
+
+impl Default for MemInner {
+    fn default() -> Self {
+        MemInner {
+            hasher: std::hash::RandomState::new(),
+            table: HashTable::new(),
+            entries: Vec::new(),
+            arena: Vec::new(),
+            older: Vec::new(),
+            by_seqno: Vec::new(),
+            locals_changed: BTreeSet::new(),
+            commits: 0,
+        }
+    }
 }
 
 /// A memtable.
@@ -121,6 +182,22 @@ pub enum Found {
     Purged,
     /// Nothing here: look further.
     Missing,
+}
+
+impl Found {
+    fn of(v: Option<Version>) -> Found {
+        match v {
+            Some(Version {
+                change: Change::Put(r),
+                ..
+            }) => Found::Rec(r),
+            Some(Version {
+                change: Change::Purge,
+                ..
+            }) => Found::Purged,
+            None => Found::Missing,
+        }
+    }
 }
 
 impl Memtable {
@@ -143,36 +220,63 @@ impl Memtable {
     /// The newest version of `key` made at or before `commit`.
     pub fn get(&self, key: &DiskKey, commit: u64) -> Found {
         let m = self.read();
-        match m.keys.get(key).and_then(|kv| kv.at(commit)) {
-            Some(Version {
-                change: Change::Put(r),
-                ..
-            }) => Found::Rec(*r),
-            Some(Version {
-                change: Change::Purge,
-                ..
-            }) => Found::Purged,
-            None => Found::Missing,
-        }
+        Found::of(m.versions(key.as_bytes()).and_then(|kv| kv.at(commit)))
     }
 
     /// Estimated bytes held.
     pub fn bytes(&self) -> usize {
-        self.read().bytes
+        self.read().held()
     }
 
     /// True when nothing was applied.
     pub fn is_empty(&self) -> bool {
         let m = self.read();
-        m.keys.is_empty() && m.locals_changed.is_empty()
+        m.entries.is_empty() && m.locals_changed.is_empty()
     }
 }
 
 impl MemInner {
+    fn key_of(&self, e: &Entry) -> &[u8] {
+        &self.arena[e.key_off as usize..e.key_off as usize + usize::from(e.key_len)]
+    }
+
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        let h = self.hasher.hash_one(key);
+        self.table
+            .find(h, |&i| self.key_of(&self.entries[i as usize]) == key)
+            .copied()
+    }
+
+    fn versions(&self, key: &[u8]) -> Option<KeyVersions<'_>> {
+        self.find(key).map(|i| KeyVersions {
+            m: self,
+            e: &self.entries[i as usize],
+        })
+    }
+
+    /// The newest version of `key`.
+    #[must_use]
+    pub fn current(&self, key: &DiskKey) -> Found {
+        Found::of(self.versions(key.as_bytes()).map(|kv| kv.last()))
+    }
+
+    /// Keys here.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no key is here.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Records a change of `key` by `commit`; `prior` is what the store
     /// held before this change (used only for the key's first version
     /// here). `new_seqno` is false for a change that keeps its seqno (a
-    /// relocated copy, a purge).
+    /// relocated copy, a purge). New seqnos must be applied in ascending
+    /// order.
     pub fn apply(
         &mut self,
         key: &DiskKey,
@@ -181,35 +285,93 @@ impl MemInner {
         prior: Option<IndexRec>,
         new_seqno: bool,
     ) {
-        if new_seqno && let Change::Put(r) = change {
-            self.by_seqno.insert(r.seqno.0, key.clone());
-            self.bytes += 32;
-        }
         self.commits = self.commits.max(commit);
-        match self.keys.get_mut(key) {
-            Some(kv) => {
-                kv.versions.push(Version { commit, change });
-                self.bytes += VERSION_BYTES;
+        let v = Version { commit, change };
+        let idx = match self.find(key.as_bytes()) {
+            Some(i) => {
+                let e = &mut self.entries[i as usize];
+                let old = Older {
+                    version: e.newest,
+                    next: e.older,
+                };
+                e.newest = v;
+                e.older = self.older.len() as u32;
+                self.older.push(old);
+                i
             }
             None => {
-                self.bytes += KEY_BYTES + VERSION_BYTES + 2 * key.len();
-                self.keys.insert(
-                    key.clone(),
-                    KeyVersions {
-                        prior,
-                        versions: vec![Version { commit, change }],
-                    },
-                );
+                let k = key.as_bytes();
+                let i = self.entries.len() as u32;
+                self.entries.push(Entry {
+                    key_off: self.arena.len() as u32,
+                    key_len: k.len() as u16,
+                    newest: v,
+                    prior_seqno: prior.map_or(0, |p| p.seqno.0),
+                    older: NONE,
+                });
+                self.arena.extend_from_slice(k);
+                let h = self.hasher.hash_one(k);
+                let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
+                self.table.insert_unique(h, i, |&j| {
+                    let e = &entries[j as usize];
+                    hasher.hash_one(
+                        &arena[e.key_off as usize..e.key_off as usize + usize::from(e.key_len)],
+                    )
+                });
+                i
             }
+        };
+        if new_seqno && let Change::Put(r) = change {
+            debug_assert!(self.by_seqno.last().is_none_or(|l| l.0 < r.seqno.0));
+            self.by_seqno.push((r.seqno.0, idx));
         }
     }
 
     /// Notes a changed local document.
     pub fn local_changed(&mut self, name: &str) {
         if !self.locals_changed.contains(name) {
-            self.bytes += 64 + name.len();
             self.locals_changed.insert(name.to_owned());
         }
+    }
+
+    /// Estimated bytes held.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.arena.capacity()
+            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.older.capacity() * std::mem::size_of::<Older>()
+            + self.by_seqno.capacity() * std::mem::size_of::<(u64, u32)>()
+            + self
+                .locals_changed
+                .iter()
+                .map(|n| n.len() + 64)
+                .sum::<usize>()
+    }
+
+    /// The keys in `[start, end)`, sorted, with their versions.
+    #[must_use]
+    pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> Vec<(&[u8], KeyVersions<'_>)> {
+        let mut v: Vec<(&[u8], KeyVersions<'_>)> = self
+            .entries
+            .iter()
+            .map(|e| (self.key_of(e), KeyVersions { m: self, e }))
+            .filter(|(k, _)| *k >= start && end.is_none_or(|e| *k < e))
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// The by-seqno entries with `from <= seqno <= to`: seqno and key
+    /// bytes.
+    #[must_use]
+    pub fn seqnos(&self, from: u64, to: u64) -> Vec<(u64, &[u8])> {
+        let lo = self.by_seqno.partition_point(|e| e.0 < from);
+        let hi = self.by_seqno.partition_point(|e| e.0 <= to).max(lo);
+        self.by_seqno[lo..hi]
+            .iter()
+            .map(|&(s, i)| (s, self.key_of(&self.entries[i as usize])))
+            .collect()
     }
 }
 
@@ -232,7 +394,8 @@ mod tests {
     fn versions_are_visible_by_commit() {
         let m = Memtable::new();
         let k = DiskKey::new(CollectionId::DEFAULT, b"k").unwrap();
-        m.write().apply(&k, 5, Change::Put(rec(10)), None, true);
+        m.write()
+            .apply(&k, 5, Change::Put(rec(10)), Some(rec(3)), true);
         m.write()
             .apply(&k, 7, Change::Put(rec(12)), Some(rec(10)), true);
         m.write().apply(&k, 9, Change::Purge, None, false);
@@ -241,7 +404,32 @@ mod tests {
         assert_eq!(m.get(&k, 8), Found::Rec(rec(12)));
         assert_eq!(m.get(&k, 9), Found::Purged);
         let inner = m.read();
-        assert_eq!(inner.keys[&k].prior, None, "the first prior is kept");
-        assert_eq!(inner.by_seqno.len(), 2);
+        let r = inner.range(b"", None);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0].1.prior_seqno(),
+            Some(Seqno(3)),
+            "the first prior is kept"
+        );
+        assert_eq!(inner.seqnos(11, 100).len(), 1);
+        assert_eq!(inner.seqnos(0, 9).len(), 0);
+        assert!(inner.held() > 0);
+    }
+
+    #[test]
+    fn many_keys_hash_and_sort() {
+        let m = Memtable::new();
+        for i in (0..5000u64).rev() {
+            let k = DiskKey::new(CollectionId::DEFAULT, format!("key{i:08}").as_bytes()).unwrap();
+            m.write()
+                .apply(&k, 1, Change::Put(rec(10_000 - i)), None, true);
+        }
+        let inner = m.read();
+        assert_eq!(inner.len(), 5000);
+        let r = inner.range(b"\x00key00001000", Some(b"\x00key00002000"));
+        assert_eq!(r.len(), 1000);
+        assert!(r.windows(2).all(|w| w[0].0 < w[1].0));
+        let k = DiskKey::new(CollectionId::DEFAULT, b"key00000042").unwrap();
+        assert_eq!(inner.current(&k), Found::Rec(rec(10_000 - 42)));
     }
 }

@@ -1000,6 +1000,18 @@ pub(crate) fn rec_of(head: &crate::wal::ItemHead, ptr: WalPtr) -> IndexRec {
     }
 }
 
+/// A memtable's key bytes as a key (they were a valid key when stored).
+pub(crate) fn mem_key(k: &[u8]) -> StoreResult<DiskKey> {
+    DiskKey::from_bytes(k).map_err(StoreError::Key)
+}
+
+fn seg_stat(segs: &mut BTreeMap<u32, SegmentStat>, no: u32) -> &mut SegmentStat {
+    segs.entry(no).or_insert_with(|| SegmentStat {
+        no,
+        ..SegmentStat::default()
+    })
+}
+
 /// Applies records to a memtable, keeping counts and segment accounting:
 /// the one code path of a commit, of recovery and of a rollback's replay.
 pub(crate) struct Apply<'a> {
@@ -1023,41 +1035,48 @@ impl Apply<'_> {
     }
 
     fn seg(&mut self, no: u32) -> &mut SegmentStat {
-        self.segs.entry(no).or_insert_with(|| SegmentStat {
-            no,
-            ..SegmentStat::default()
-        })
+        seg_stat(self.segs, no)
     }
 
-    /// A new version of each document (a commit).
+    /// A new version of each document (a commit). `priors`, when given,
+    /// are the current versions the caller already looked up.
     pub(crate) fn commit(
         &mut self,
         commit: u64,
         items: &[(DiskKey, IndexRec)],
         priors: Option<&[Option<IndexRec>]>,
     ) -> StoreResult<()> {
-        let before = self.mem.bytes();
-        {
-            for (i, (key, rec)) in items.iter().enumerate() {
-                let prior = match priors {
-                    Some(p) => p[i],
-                    None => self.current(key)?,
-                };
-                if let Some(p) = &prior {
-                    self.counts.remove(p);
-                    let s = self.seg(p.ptr.seg);
-                    s.live = s.live.saturating_sub(u64::from(p.ptr.len));
-                }
-                self.counts.add(rec);
-                let s = self.seg(rec.ptr.seg);
-                s.total += u64::from(rec.ptr.len);
-                s.live += u64::from(rec.ptr.len);
-                self.mem
-                    .write()
-                    .apply(key, commit, Change::Put(*rec), prior, true);
+        let looked_up: Vec<Option<IndexRec>>;
+        let priors = match priors {
+            Some(p) => p,
+            None => {
+                looked_up = items
+                    .iter()
+                    .map(|(k, _)| self.current(k))
+                    .collect::<StoreResult<_>>()?;
+                &looked_up
             }
+        };
+        // New seqnos enter the memtable in ascending order.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_unstable_by_key(|&i| items[i].1.seqno);
+        let mut m = self.mem.write();
+        let before = m.held();
+        for i in order {
+            let (key, rec) = &items[i];
+            let prior = priors[i];
+            if let Some(p) = &prior {
+                self.counts.remove(p);
+                let s = seg_stat(self.segs, p.ptr.seg);
+                s.live = s.live.saturating_sub(u64::from(p.ptr.len));
+            }
+            self.counts.add(rec);
+            let s = seg_stat(self.segs, rec.ptr.seg);
+            s.total += u64::from(rec.ptr.len);
+            s.live += u64::from(rec.ptr.len);
+            m.apply(key, commit, Change::Put(*rec), prior, true);
         }
-        self.added_bytes += self.mem.bytes().saturating_sub(before);
+        self.added_bytes += m.held().saturating_sub(before);
         Ok(())
     }
 
@@ -1176,13 +1195,6 @@ impl Apply<'_> {
     }
 }
 
-impl crate::memtable::MemInner {
-    /// Counts that a memtable is about to go (for the shared budget).
-    pub(crate) fn held(&self) -> usize {
-        self.bytes
-    }
-}
-
 impl CouchVb {
     /// Opens the revision in `dir`: the newest index header, the log
     /// segments, and a replay of every record after the header.
@@ -1274,26 +1286,10 @@ impl CouchVb {
         let mut stats: BTreeMap<u32, SegmentStat> = table.0.iter().map(|s| (s.no, *s)).collect();
         let max_table = stats.keys().next_back().copied().unwrap_or(0);
         let mut segments = BTreeMap::new();
-        let newest_on_disk = segs_on_disk.last().copied();
         for n in segs_on_disk {
             if stats.contains_key(&n) || n > max_table {
                 let slot = shared.fds.slot(&dir, segment_name(n), writable);
-                if let Err(e) = check_segment_header(&*slot.get()?, vbid, revision, n) {
-                    // A segment is written to only after its creation (header,
-                    // sync, directory sync) succeeded, and the next one is
-                    // created only from it: a newest segment beyond the table
-                    // with a bad header is a creation that failed, and holds
-                    // nothing acknowledged.
-                    if n > max_table && Some(n) == newest_on_disk {
-                        tracing::warn!(path = %path.display(), segment = n, error = %e, "removing a log segment whose creation did not finish");
-                        drop(slot);
-                        if writable {
-                            remove_file(&path.join(segment_name(n)))?;
-                        }
-                        continue;
-                    }
-                    return Err(e);
-                }
+                check_segment_header(&*slot.get()?, vbid, revision, n)?;
                 segments.insert(n, Segment::new(n, slot));
             } else if writable {
                 tracing::info!(path = %path.display(), segment = n, "removing a reclaimed log segment");
@@ -1826,31 +1822,22 @@ impl VbStore for CouchVb {
         let at = v.commit;
         // The memtables' keys in the range, newest version of each.
         let mut mem: BTreeMap<DiskKey, Found> = BTreeMap::new();
-        let mut collect = |m: &Memtable| {
+        let mut collect = |m: &Memtable| -> StoreResult<()> {
             let inner = m.read();
-            let lower = std::ops::Bound::Included(range.start.as_slice());
-            let upper = range
-                .end
-                .as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-            for (k, kv) in inner.keys.range::<[u8], _>((lower, upper)) {
-                if mem.contains_key(k) {
-                    continue;
-                }
-                match kv.at(at).map(|x| x.change) {
-                    Some(Change::Put(r)) => {
-                        mem.insert(k.clone(), Found::Rec(r));
-                    }
-                    Some(Change::Purge) => {
-                        mem.insert(k.clone(), Found::Purged);
-                    }
-                    None => {}
-                }
+            for (k, kv) in inner.range(&range.start, range.end.as_deref()) {
+                let found = match kv.at(at).map(|x| x.change) {
+                    Some(Change::Put(r)) => Found::Rec(r),
+                    Some(Change::Purge) => Found::Purged,
+                    None => continue,
+                };
+                let key = mem_key(k)?;
+                mem.entry(key).or_insert(found);
             }
+            Ok(())
         };
-        collect(&v.active);
+        collect(&v.active)?;
         if let Some(f) = &v.frozen {
-            collect(&f.mem);
+            collect(&f.mem)?;
         }
         let blocks = &self.shared.blocks;
         let mut stopped = false;
@@ -2093,18 +2080,17 @@ impl SeqnoScan for CouchScan {
         if go_on && let Some(from) = self.next.filter(|n| *n <= self.end) {
             // Newer seqnos are all in the memtables (frozen ones first).
             let mut pending: Vec<(u64, DiskKey)> = Vec::new();
-            let mut take = |m: &Memtable| {
+            let mut take = |m: &Memtable| -> StoreResult<()> {
                 let inner = m.read();
-                for (s, k) in inner.by_seqno.range(from.0..=self.end.0) {
-                    if *s > index_high.0 {
-                        pending.push((*s, k.clone()));
-                    }
+                for (s, k) in inner.seqnos(from.0.max(index_high.0 + 1), self.end.0) {
+                    pending.push((s, mem_key(k)?));
                 }
+                Ok(())
             };
             if let Some(f) = &view.frozen {
-                take(&f.mem);
+                take(&f.mem)?;
             }
-            take(&view.active);
+            take(&view.active)?;
             pending.sort_unstable_by_key(|p| p.0);
             for (s, key) in pending {
                 if self.cancelled() {

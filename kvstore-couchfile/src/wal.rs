@@ -734,7 +734,7 @@ impl Segment {
     /// Reads the item at `ptr`, through the block cache.
     pub fn read_item(&self, ptr: WalPtr, cache: &BlockCache) -> StoreResult<Bytes> {
         let len = u64::from(ptr.len);
-        if len > MAX_ITEM_LEN || len < 8 {
+        if !(8..=MAX_ITEM_LEN).contains(&len) {
             return Err(StoreError::corrupt(
                 self.slot.path(),
                 ptr.off,
@@ -891,7 +891,11 @@ pub fn check_segment_header(
     Ok(())
 }
 
-/// Creates segment `no` in `dir`: header block, synced, directory synced.
+/// Creates segment `no` in `dir`, atomically: the header block is written
+/// and synced under a temporary name, which is then renamed, and the
+/// directory synced. So a `wal.<n>` file always starts with a whole header
+/// (a damaged one is corruption), and a creation that failed leaves only a
+/// `.tmp` file, which the next open removes.
 pub fn create_segment(
     fds: &Arc<FdCache>,
     dir: &Arc<StoreDir>,
@@ -901,19 +905,22 @@ pub fn create_segment(
 ) -> StoreResult<Arc<Segment>> {
     let name = segment_name(no);
     let path = dir.path().join(&name);
-    // A file by this name can only be left by a creation that failed before
-    // the segment was used: nothing in it was ever acknowledged.
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::io("remove", &path, e)),
+    let tmp = dir.path().join(format!("{name}.tmp"));
+    // Left by a creation that failed: nothing in it was ever acknowledged.
+    for p in [&tmp, &path] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", p, e)),
+        }
     }
-    let f = FileIo::create(&path, fds.io().clone())?;
+    let f = FileIo::create(&tmp, fds.io().clone())?;
     f.write_at(&segment_header(vbid, revision, no), 0)?;
     f.sync()?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &tmp, e))?;
     sync_dir(fds.io(), &dir.path())?;
     let slot = fds.slot(dir, name, true);
-    slot.install(f);
     Ok(Segment::new(no, slot))
 }
 

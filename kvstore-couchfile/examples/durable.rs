@@ -1,0 +1,169 @@
+//! The bench's durable sequence on couchfile alone (a profiling aid; the
+//! comparison with the peers is `cargo xtask bench`): durable batches of
+//! random keys, single-item durable commits, warm random reads, durable
+//! random updates, with the bytes on disk after each phase.
+#![allow(clippy::unwrap_used, missing_docs)]
+use kvstore_core::{CollectionId, CommitBatch, DiskKey, Document, KvStore, Seqno, Vbid};
+use kvstore_couchfile::{CouchConfig, CouchStore};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::time::Instant;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn key(i: u64) -> DiskKey {
+    DiskKey::new(CollectionId::DEFAULT, format!("k{i:023}").as_bytes()).unwrap()
+}
+
+fn value(i: u64, version: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(i.wrapping_mul(0x9e37_79b9) ^ version ^ 42);
+    let mut v: Vec<u8> = (0..75).map(|_| rng.random()).collect();
+    v.resize(150, b'x');
+    v
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+fn pct(mut v: Vec<u64>, p: f64) -> f64 {
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let n = env("ITEMS", 500_000);
+    let single = env("SINGLE", 300);
+    let reads = env("READS", 200_000);
+    let updates = env("UPDATES", 200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CouchConfig::default();
+    if let Ok(m) = std::env::var("MEMTABLE_MB") {
+        config.memtable_bytes = m.parse::<usize>().unwrap() << 20;
+        config.memtable_budget = config.memtable_bytes * 2;
+    }
+    if std::env::var("NO_BACKGROUND").is_ok() {
+        config.background = false;
+    }
+    let store = CouchStore::open(dir.path(), config).unwrap();
+    let vb = store.create(Vbid(0)).unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut keys: Vec<u64> = (0..n).collect();
+    keys.shuffle(&mut rng);
+    let mut seqno = 0;
+    let mut commit = |items: &[(u64, u64)], lat: &mut Vec<u64>| {
+        let mut b = CommitBatch::new();
+        for &(i, version) in items {
+            seqno += 1;
+            b = b.item(Document::new(key(i), Seqno(seqno), value(i, version)));
+        }
+        let t = Instant::now();
+        vb.commit(b).unwrap();
+        lat.push(t.elapsed().as_nanos() as u64);
+    };
+    let mut lat = Vec::new();
+    let t = Instant::now();
+    for c in keys.chunks(1000) {
+        let items: Vec<(u64, u64)> = c.iter().map(|&i| (i, 0)).collect();
+        commit(&items, &mut lat);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "durablebatch:  {:>9.0} items/s  p50 {:.0} us p99 {:.0} us  disk {:.1} MiB",
+        n as f64 / s,
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99),
+        dir_bytes(dir.path()) as f64 / 1048576.0
+    );
+    if std::env::var("TIME_CHECKPOINT").is_ok() {
+        let cvb = store.open_couch(Vbid(0), vb.revision()).unwrap();
+        let t = Instant::now();
+        cvb.checkpoint().unwrap();
+        println!("checkpoint of everything: {:?}", t.elapsed());
+        let t = Instant::now();
+        cvb.checkpoint().unwrap();
+        println!("empty checkpoint: {:?}", t.elapsed());
+    }
+    let mut lat = Vec::new();
+    let t = Instant::now();
+    for i in 0..single {
+        commit(&[(n + i, 0)], &mut lat);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "durablesingle: {:>9.0} commits/s p50 {:.0} us p99 {:.0} us  disk {:.1} MiB",
+        single as f64 / s,
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99),
+        dir_bytes(dir.path()) as f64 / 1048576.0
+    );
+    let probe: Vec<DiskKey> = (0..reads).map(|_| key(rng.random_range(0..n))).collect();
+    let mut lat = Vec::with_capacity(reads as usize);
+    let t = Instant::now();
+    for k in &probe {
+        let o = Instant::now();
+        let d = vb.get(k).unwrap().unwrap();
+        lat.push(o.elapsed().as_nanos() as u64);
+        std::hint::black_box(d);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "warmread:      {:>9.0} gets/s    p50 {:.1} us p99 {:.1} us",
+        reads as f64 / s,
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99)
+    );
+    keys.shuffle(&mut rng);
+    let mut lat = Vec::new();
+    let t = Instant::now();
+    let upd = (updates * 1000).min(n) as usize;
+    for c in keys[..upd].chunks(1000) {
+        let items: Vec<(u64, u64)> = c.iter().map(|&i| (i, 1)).collect();
+        commit(&items, &mut lat);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "durableupdate: {:>9.0} items/s  p50 {:.0} us p99 {:.0} us  disk {:.1} MiB",
+        upd as f64 / s,
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99),
+        dir_bytes(dir.path()) as f64 / 1048576.0
+    );
+    std::thread::sleep(std::time::Duration::from_secs(env("SETTLE", 3)));
+    println!(
+        "after {}s idle: disk {:.1} MiB; peak RSS {} MiB; open files {}; memtables {} KiB",
+        env("SETTLE", 3),
+        dir_bytes(dir.path()) as f64 / 1048576.0,
+        rss_kib() / 1024,
+        store.open_files(),
+        store.memtable_bytes() / 1024
+    );
+    let info = vb.info().unwrap();
+    println!("{info:?}");
+}
