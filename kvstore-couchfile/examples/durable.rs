@@ -48,6 +48,15 @@ fn pct(mut v: Vec<u64>, p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
 }
 
+fn now_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -94,6 +103,15 @@ fn main() {
         commit(&items, &mut lat);
     }
     let s = t.elapsed().as_secs_f64();
+    let (nc, bc) = store.cache_bytes();
+    println!(
+        "  rss now {} MiB, peak {} MiB; node cache {} MiB, block cache {} MiB, memtables {} MiB",
+        now_rss_kib() / 1024,
+        rss_kib() / 1024,
+        nc >> 20,
+        bc >> 20,
+        store.memtable_bytes() >> 20
+    );
     println!(
         "durablebatch:  {:>9.0} items/s  p50 {:.0} us p99 {:.0} us  disk {:.1} MiB",
         n as f64 / s,
@@ -148,6 +166,15 @@ fn main() {
         commit(&items, &mut lat);
     }
     let s = t.elapsed().as_secs_f64();
+    let (nc, bc) = store.cache_bytes();
+    println!(
+        "  rss now {} MiB, peak {} MiB; node cache {} MiB, block cache {} MiB, memtables {} MiB",
+        now_rss_kib() / 1024,
+        rss_kib() / 1024,
+        nc >> 20,
+        bc >> 20,
+        store.memtable_bytes() >> 20
+    );
     println!(
         "durableupdate: {:>9.0} items/s  p50 {:.0} us p99 {:.0} us  disk {:.1} MiB",
         upd as f64 / s,

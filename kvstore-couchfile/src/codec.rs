@@ -241,15 +241,22 @@ pub(crate) fn decode_seq_rec(src: &[u8]) -> DecodeResult<SeqRec> {
 }
 
 /// What a by-key leaf's reduction needs: tombstone or not, and body size.
+/// Reads only those fields (the record is checked whole when it is read).
 pub(crate) fn key_rec_summary(src: &[u8]) -> DecodeResult<(bool, u64)> {
-    let r = decode_key_rec(src)?;
-    Ok((r.deleted.is_some(), u64::from(r.body)))
+    let mut r = Reader::new(src, "by-key record");
+    r.varint()?;
+    let deleted = take_deleted(&mut r, "by-key record")?;
+    r.take(4)?;
+    let body = r.varint_max(u64::from(u32::MAX), "body size")?;
+    Ok((deleted.is_some(), body))
 }
 
 /// What a by-seqno leaf's reduction needs.
 pub(crate) fn seq_rec_summary(src: &[u8]) -> DecodeResult<(bool, u64)> {
-    let r = decode_seq_rec(src)?;
-    Ok((r.deleted.is_some(), u64::from(r.body)))
+    let mut r = Reader::new(src, "by-seqno record");
+    let deleted = take_deleted(&mut r, "by-seqno record")?;
+    let body = r.varint_max(u64::from(u32::MAX), "body size")?;
+    Ok((deleted.is_some(), body))
 }
 
 /// A zero-copy sub-slice of `src`; `part` must point into `src`.

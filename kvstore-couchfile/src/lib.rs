@@ -66,7 +66,7 @@
 //!
 //! [`kvstore_core::VbStore::commit`] validates the batch, looks up each
 //! key's current version (for exact counts and the by-seqno entry it
-//! replaces), encodes the documents (values LZ4-compressed when that pays)
+//! replaces), encodes the documents (values Snappy-compressed when that pays)
 //! into one record, appends it at the end of the newest segment and syncs.
 //! **When `commit` returns, the batch is durable**; only then does it
 //! enter the memtable and become visible. Small records are followed by

@@ -273,34 +273,70 @@ struct TreeChanges {
 
 fn changes_of(mem: &Memtable, locals: &BTreeMap<String, Bytes>) -> TreeChanges {
     let m = mem.read();
-    let mut by_key = Vec::with_capacity(m.len());
-    let mut seq: BTreeMap<u64, Option<Bytes>> = BTreeMap::new();
-    for (key, kv) in m.range(b"", None) {
+    let sorted = m.range(b"", None);
+    // Every key and record of the checkpoint goes into one arena, which the
+    // actions slice: a few allocations per checkpoint, not several per key.
+    let mut arena: Vec<u8> = Vec::with_capacity(sorted.len() * 64);
+    let mut spans: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(sorted.len());
+    // (seqno, span of the by-seqno record, or none for a removal); for one
+    // seqno a put comes after the removal of the same seqno (a relocated
+    // copy replaces its original).
+    let mut seq: Vec<(u64, bool, usize, usize)> = Vec::with_capacity(sorted.len() * 2);
+    for (key, kv) in &sorted {
         if let Some(p) = kv.prior_seqno() {
-            seq.insert(p.0, None);
+            seq.push((p.0, false, 0, 0));
         }
+        let k0 = arena.len();
+        arena.extend_from_slice(key);
+        let k1 = arena.len();
         match kv.last().change {
             Change::Put(r) => {
-                let mut v = Vec::with_capacity(32);
-                encode_key_rec(&r, &mut v);
-                by_key.push(Action::Put(Bytes::copy_from_slice(key), Bytes::from(v)));
-                let mut s = Vec::with_capacity(24);
-                encode_seq_rec(&r, &mut s);
-                seq.insert(r.seqno.0, Some(Bytes::from(s)));
+                encode_key_rec(&r, &mut arena);
+                let v1 = arena.len();
+                encode_seq_rec(&r, &mut arena);
+                seq.push((r.seqno.0, true, v1, arena.len()));
+                spans.push((k0, k1, k1, v1));
             }
-            Change::Purge => by_key.push(Action::Remove(Bytes::copy_from_slice(key))),
+            Change::Purge => spans.push((k0, k1, k1, k1)),
         }
     }
-    let by_seqno = seq
-        .into_iter()
-        .map(|(s, v)| {
-            let k = Bytes::copy_from_slice(&seqno_key(Seqno(s)));
-            match v {
-                Some(v) => Action::Put(k, v),
-                None => Action::Remove(k),
+    let purges: Vec<bool> = sorted
+        .iter()
+        .map(|(_, kv)| matches!(kv.last().change, Change::Purge))
+        .collect();
+    drop(sorted);
+    seq.sort_unstable_by_key(|e| (e.0, e.1));
+    let arena = Bytes::from(arena);
+    let by_key = spans
+        .iter()
+        .zip(purges)
+        .map(|(&(k0, k1, v0, v1), purge)| {
+            let k = arena.slice(k0..k1);
+            if purge {
+                Action::Remove(k)
+            } else {
+                Action::Put(k, arena.slice(v0..v1))
             }
         })
         .collect();
+    let mut keys = Vec::with_capacity(seq.len() * 8);
+    for e in &seq {
+        keys.extend_from_slice(&seqno_key(Seqno(e.0)));
+    }
+    let keys = Bytes::from(keys);
+    let mut by_seqno: Vec<Action> = Vec::with_capacity(seq.len());
+    for (i, &(s, put, v0, v1)) in seq.iter().enumerate() {
+        let k = keys.slice(i * 8..i * 8 + 8);
+        // The last entry of a seqno wins.
+        if seq.get(i + 1).is_some_and(|n| n.0 == s) {
+            continue;
+        }
+        by_seqno.push(if put {
+            Action::Put(k, arena.slice(v0..v1))
+        } else {
+            Action::Remove(k)
+        });
+    }
     let local = m
         .locals_changed
         .iter()
@@ -613,7 +649,7 @@ fn checkpoint_mode(
                 });
                 let mut nv = v.fork();
                 nv.frozen = Some(Arc::clone(&f));
-                nv.active = Arc::new(Memtable::new());
+                nv.active = Arc::new(v.active.successor());
                 vb.publish(nv);
                 w.since_checkpoint = 0;
                 f
@@ -1075,7 +1111,7 @@ pub(crate) fn rollback(vb: &CouchVb, to: Seqno) -> StoreResult<RollbackResult> {
     let bv = VbView {
         index: Arc::new(base_view),
         frozen: None,
-        active: Arc::new(Memtable::new()),
+        active: Arc::new(v.active.successor()),
         segments: Arc::clone(&v.segments),
         locals: Arc::new(locals),
         high_seqno: base_header.high_seqno,
@@ -1233,7 +1269,7 @@ pub(crate) fn rollback(vb: &CouchVb, to: Seqno) -> StoreResult<RollbackResult> {
     let mut nv = v.fork();
     nv.index = Arc::new(View::new(Arc::clone(&iw.file), header));
     nv.frozen = None;
-    nv.active = Arc::new(Memtable::new());
+    nv.active = Arc::new(v.active.successor());
     nv.locals = target_locals;
     nv.high_seqno = high;
     nv.purge_seqno = purge;

@@ -207,6 +207,37 @@ impl Memtable {
         Self::default()
     }
 
+    /// An empty memtable hashing as this one does, so one hash of a key
+    /// serves both (see [`Memtable::hash`]).
+    #[must_use]
+    pub fn successor(&self) -> Self {
+        let m = self.read();
+        // About as many keys as the last one held: room from the start, so
+        // the table does not grow (rehash) step by step.
+        let n = m.entries.len();
+        Memtable {
+            inner: RwLock::new(MemInner {
+                hasher: m.hasher.clone(),
+                table: HashTable::with_capacity(n),
+                entries: Vec::with_capacity(n),
+                arena: Vec::with_capacity(m.arena.len()),
+                by_seqno: Vec::with_capacity(m.by_seqno.len()),
+                ..MemInner::default()
+            }),
+        }
+    }
+
+    /// The hash of `key` in this memtable and its successors.
+    pub fn hash(&self, key: &DiskKey) -> u64 {
+        self.read().hasher.hash_one(key.as_bytes())
+    }
+
+    /// [`Memtable::get`] with the key's hash already computed.
+    pub fn get_hashed(&self, key: &DiskKey, hash: u64, commit: u64) -> Found {
+        let m = self.read();
+        Found::of(m.versions_hashed(key.as_bytes(), hash).and_then(|kv| kv.at(commit)))
+    }
+
     /// Read access.
     pub fn read(&self) -> RwLockReadGuard<'_, MemInner> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
@@ -240,15 +271,18 @@ impl MemInner {
         &self.arena[e.key_off as usize..e.key_off as usize + usize::from(e.key_len)]
     }
 
-    fn find(&self, key: &[u8]) -> Option<u32> {
-        let h = self.hasher.hash_one(key);
+    fn find_hashed(&self, key: &[u8], h: u64) -> Option<u32> {
         self.table
             .find(h, |&i| self.key_of(&self.entries[i as usize]) == key)
             .copied()
     }
 
     fn versions(&self, key: &[u8]) -> Option<KeyVersions<'_>> {
-        self.find(key).map(|i| KeyVersions {
+        self.versions_hashed(key, self.hasher.hash_one(key))
+    }
+
+    fn versions_hashed(&self, key: &[u8], h: u64) -> Option<KeyVersions<'_>> {
+        self.find_hashed(key, h).map(|i| KeyVersions {
             m: self,
             e: &self.entries[i as usize],
         })
@@ -285,9 +319,23 @@ impl MemInner {
         prior: Option<IndexRec>,
         new_seqno: bool,
     ) {
+        let h = self.hasher.hash_one(key.as_bytes());
+        self.apply_hashed(key, h, commit, change, prior, new_seqno);
+    }
+
+    /// [`MemInner::apply`] with the key's hash already computed.
+    pub fn apply_hashed(
+        &mut self,
+        key: &DiskKey,
+        h: u64,
+        commit: u64,
+        change: Change,
+        prior: Option<IndexRec>,
+        new_seqno: bool,
+    ) {
         self.commits = self.commits.max(commit);
         let v = Version { commit, change };
-        let idx = match self.find(key.as_bytes()) {
+        let idx = match self.find_hashed(key.as_bytes(), h) {
             Some(i) => {
                 let e = &mut self.entries[i as usize];
                 let old = Older {
@@ -310,7 +358,6 @@ impl MemInner {
                     older: NONE,
                 });
                 self.arena.extend_from_slice(k);
-                let h = self.hasher.hash_one(k);
                 let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
                 self.table.insert_unique(h, i, |&j| {
                     let e = &entries[j as usize];
@@ -334,14 +381,15 @@ impl MemInner {
         }
     }
 
-    /// Estimated bytes held.
+    /// Estimated bytes held, counted by what is used, so a successor
+    /// sized in advance starts empty (what it reserves is at most what the
+    /// last one used).
     #[must_use]
     pub fn held(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.arena.capacity()
-            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
-            + self.older.capacity() * std::mem::size_of::<Older>()
-            + self.by_seqno.capacity() * std::mem::size_of::<(u64, u32)>()
+        self.entries.len() * (std::mem::size_of::<Entry>() + 6)
+            + self.arena.len()
+            + self.older.len() * std::mem::size_of::<Older>()
+            + self.by_seqno.len() * std::mem::size_of::<(u64, u32)>()
             + self
                 .locals_changed
                 .iter()
@@ -358,8 +406,25 @@ impl MemInner {
             .map(|e| (self.key_of(e), KeyVersions { m: self, e }))
             .filter(|(k, _)| *k >= start && end.is_none_or(|e| *k < e))
             .collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        v
+        // A document store's keys share long prefixes: compare the 16
+        // bytes after the prefix common to all of them first, as integers,
+        // and whole keys only on a tie.
+        let common = v.first().map_or(0, |first| {
+            v.iter().fold(first.0.len(), |n, (k, _)| {
+                n.min(first.0.iter().zip(k.iter()).take_while(|(a, b)| a == b).count())
+            })
+        });
+        let head = |k: &[u8]| -> u128 {
+            let mut b = [0u8; 16];
+            let tail = k.get(common..).unwrap_or(&[]);
+            let n = tail.len().min(16);
+            b[..n].copy_from_slice(&tail[..n]);
+            u128::from_be_bytes(b)
+        };
+        let mut keyed: Vec<(u128, (&[u8], KeyVersions<'_>))> =
+            v.drain(..).map(|e| (head(e.0), e)).collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.cmp(b.1.0)));
+        keyed.into_iter().map(|(_, e)| e).collect()
     }
 
     /// The by-seqno entries with `from <= seqno <= to`: seqno and key

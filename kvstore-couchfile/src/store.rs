@@ -414,6 +414,12 @@ impl CouchStore {
         self.shared.nodes.hit_miss()
     }
 
+    /// Bytes held by the node cache and the block cache now.
+    #[must_use]
+    pub fn cache_bytes(&self) -> (usize, usize) {
+        (self.shared.nodes.weight(), self.shared.blocks.weight())
+    }
+
     /// File descriptors open now.
     #[must_use]
     pub fn open_files(&self) -> usize {
@@ -782,6 +788,23 @@ impl VbView {
         self.lookup_at(key, u64::MAX)
     }
 
+    /// [`VbView::lookup`] with the key's memtable hash computed already.
+    pub(crate) fn lookup_hashed(&self, key: &DiskKey, h: u64) -> StoreResult<Option<IndexRec>> {
+        match self.active.get_hashed(key, h, u64::MAX) {
+            Found::Rec(r) => return Ok(Some(r)),
+            Found::Purged => return Ok(None),
+            Found::Missing => {}
+        }
+        if let Some(f) = &self.frozen {
+            match f.mem.get_hashed(key, h, u64::MAX) {
+                Found::Rec(r) => return Ok(Some(r)),
+                Found::Purged => return Ok(None),
+                Found::Missing => {}
+            }
+        }
+        self.index.lookup(key)
+    }
+
     /// The memtables' own view of `key` as of `at` (the index not asked).
     pub(crate) fn in_memory(&self, key: &DiskKey, at: u64) -> Found {
         match self.active.get(key, at) {
@@ -1038,23 +1061,26 @@ impl Apply<'_> {
         seg_stat(self.segs, no)
     }
 
-    /// A new version of each document (a commit). `priors`, when given,
-    /// are the current versions the caller already looked up.
-    pub(crate) fn commit(
+    /// A new version of each document (a commit). `known`, when given,
+    /// holds the current versions the caller already looked up, and the
+    /// keys' memtable hashes.
+    pub(crate) fn commit<K: std::borrow::Borrow<DiskKey>>(
         &mut self,
         commit: u64,
-        items: &[(DiskKey, IndexRec)],
-        priors: Option<&[Option<IndexRec>]>,
+        items: &[(K, IndexRec)],
+        known: Option<(&[Option<IndexRec>], &[u64])>,
     ) -> StoreResult<()> {
-        let looked_up: Vec<Option<IndexRec>>;
-        let priors = match priors {
-            Some(p) => p,
+        let looked_up: (Vec<Option<IndexRec>>, Vec<u64>);
+        let (priors, hashes) = match known {
+            Some(k) => k,
             None => {
-                looked_up = items
+                let hashes: Vec<u64> = items.iter().map(|(k, _)| self.mem.hash(k.borrow())).collect();
+                let priors = items
                     .iter()
-                    .map(|(k, _)| self.current(k))
+                    .map(|(k, _)| self.current(k.borrow()))
                     .collect::<StoreResult<_>>()?;
-                &looked_up
+                looked_up = (priors, hashes);
+                (&looked_up.0[..], &looked_up.1[..])
             }
         };
         // New seqnos enter the memtable in ascending order.
@@ -1074,7 +1100,7 @@ impl Apply<'_> {
             let s = seg_stat(self.segs, rec.ptr.seg);
             s.total += u64::from(rec.ptr.len);
             s.live += u64::from(rec.ptr.len);
-            m.apply(key, commit, Change::Put(*rec), prior, true);
+            m.apply_hashed(key.borrow(), hashes[i], commit, Change::Put(*rec), prior, true);
         }
         self.added_bytes += m.held().saturating_sub(before);
         Ok(())
@@ -1486,7 +1512,7 @@ impl CouchVb {
             });
         // Nothing is counted twice if this runs again.
         let mut fresh = v.fork();
-        fresh.active = Arc::new(Memtable::new());
+        fresh.active = Arc::new(v.active.successor());
         fresh.frozen = None;
         self.publish(fresh);
     }
@@ -1721,10 +1747,12 @@ impl VbStore for CouchVb {
                 });
             }
             let n = prepared.items.len();
+            let hashes: Vec<u64> = prepared.items.iter().map(|d| v.active.hash(&d.key)).collect();
             let priors: Vec<Option<IndexRec>> = prepared
                 .items
                 .iter()
-                .map(|d| v.lookup(&d.key))
+                .zip(&hashes)
+                .map(|(d, h)| v.lookup_hashed(&d.key, *h))
                 .collect::<StoreResult<_>>()?;
             let high = prepared.max_seqno.unwrap_or(v.high_seqno).max(v.high_seqno);
             let est: usize = prepared
@@ -1746,13 +1774,13 @@ impl VbStore for CouchVb {
             let mut new_segments = None;
             let (seg, off) = self.append(&mut w, &rec, &mut new_segments, &v)?;
             w.next_commit += 1;
-            let items: Vec<(DiskKey, IndexRec)> = prepared
+            let items: Vec<(&DiskKey, IndexRec)> = prepared
                 .items
                 .iter()
                 .zip(&rec.items)
                 .map(|(d, &(rel, len))| {
                     (
-                        d.key.clone(),
+                        &d.key,
                         IndexRec {
                             seqno: d.meta.seqno,
                             deleted: d.meta.deleted,
@@ -1778,7 +1806,7 @@ impl VbStore for CouchVb {
                 purge: v.purge_seqno,
                 added_bytes: 0,
             };
-            let applied = apply.commit(commit, &items, Some(&priors));
+            let applied = apply.commit(commit, &items, Some((&priors, &hashes)));
             apply.locals(&prepared.local);
             // The record is durable; memory follows it even if a lookup
             // failed above (it cannot, the priors were read already).

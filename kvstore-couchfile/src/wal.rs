@@ -20,7 +20,7 @@
 //! the payload length, the payload's CRC32C and the header's own CRC32C)
 //! and the payload. The payload of a commit holds its documents, each an
 //! *item*: its body length, the CRC32C of its body, and the body (key,
-//! metadata, value, the value compressed with LZ4 when that pays), then the
+//! metadata, value, the value Snappy-compressed when that pays), then the
 //! local-document changes. An item is addressed by a [`WalPtr`]: segment,
 //! physical offset of its first byte, logical length, so a read of one
 //! document checks that document's own CRC and nothing else.
@@ -152,8 +152,15 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
 
 // ---------------------------------------------------------------- items
 
-/// Encodes one document as an item (framing included) into `out`.
-pub fn encode_item(doc: &Document, out: &mut Vec<u8>) {
+/// Value codec tags of an item.
+const VALUE_RAW: u8 = 0;
+const VALUE_SNAPPY: u8 = 1;
+
+/// Encodes one document as an item (framing included) into `out`. Values
+/// of 32 bytes or more are Snappy-compressed when that saves an eighth;
+/// `snappy` is reused across the items of a record (its table is sized to
+/// each input, so small values cost little).
+pub fn encode_item_with(doc: &Document, out: &mut Vec<u8>, snappy: &mut snap::raw::Encoder) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
     let m = &doc.meta;
@@ -166,24 +173,54 @@ pub fn encode_item(doc: &Document, out: &mut Vec<u8>) {
     out.push(m.datatype.0);
     out.push(DeleteSource::to_byte(m.deleted));
     let v = &doc.value[..];
-    let compressed = (v.len() >= 32)
-        .then(|| lz4_flex::block::compress(v))
-        .filter(|c| c.len() + c.len() / 8 < v.len());
-    match compressed {
-        Some(c) => {
-            out.push(1);
-            put_varint(out, v.len() as u64);
-            put_bytes(out, &c);
+    let mut written = false;
+    if v.len() >= 32 {
+        // Compress into the record's tail, leaving room for the tag and a
+        // length of up to three varint bytes in front; move it down when
+        // the length needs fewer. Raw if compression does not pay.
+        let at = out.len();
+        let max = snap::raw::max_compress_len(v.len());
+        out.resize(at + 4 + max, 0);
+        if let Ok(n) = snappy.compress(v, &mut out[at + 4..])
+            && n + n / 8 < v.len()
+            && n < (1 << 21)
+        {
+            let mut len = [0u8; 3];
+            let mut l = 0;
+            let mut x = n;
+            loop {
+                let b = (x & 0x7f) as u8;
+                x >>= 7;
+                if x == 0 {
+                    len[l] = b;
+                    l += 1;
+                    break;
+                }
+                len[l] = b | 0x80;
+                l += 1;
+            }
+            out[at] = VALUE_SNAPPY;
+            out[at + 1..at + 1 + l].copy_from_slice(&len[..l]);
+            out.copy_within(at + 4..at + 4 + n, at + 1 + l);
+            out.truncate(at + 1 + l + n);
+            written = true;
+        } else {
+            out.truncate(at);
         }
-        None => {
-            out.push(0);
-            put_bytes(out, v);
-        }
+    }
+    if !written {
+        out.push(VALUE_RAW);
+        put_bytes(out, v);
     }
     let body_len = (out.len() - start - 8) as u32;
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encodes one document as an item with a fresh compressor.
+pub fn encode_item(doc: &Document, out: &mut Vec<u8>) {
+    encode_item_with(doc, out, &mut snap::raw::Encoder::new());
 }
 
 /// What an item says about its document without decoding the value.
@@ -251,23 +288,20 @@ pub fn decode_item(item: &[u8]) -> DecodeResult<Document> {
     let mut r = Reader::new(body, "log item");
     let (key, meta) = decode_head(&mut r)?;
     let value = match r.u8()? {
-        0 => Bytes::copy_from_slice(r.bytes(MAX_ITEM_LEN as usize, "value length")?),
-        1 => {
-            let raw_len = r.varint_max(MAX_ITEM_LEN, "value length")? as usize;
+        VALUE_RAW => Bytes::copy_from_slice(r.bytes(MAX_ITEM_LEN as usize, "value length")?),
+        VALUE_SNAPPY => {
             let c = r.bytes(MAX_ITEM_LEN as usize, "compressed length")?;
-            let v = lz4_flex::block::decompress(c, raw_len)
-                .map_err(|e| DecodeError::new("log item", format!("lz4: {e}")))?;
-            if v.len() != raw_len {
-                return Err(DecodeError::new("log item", "value length mismatch"));
+            let n = snap::raw::decompress_len(c)
+                .map_err(|e| DecodeError::new("log item", format!("snappy: {e}")))?;
+            if n as u64 > MAX_ITEM_LEN {
+                return Err(DecodeError::new("log item", "value longer than allowed"));
             }
+            let v = snap::raw::Decoder::new()
+                .decompress_vec(c)
+                .map_err(|e| DecodeError::new("log item", format!("snappy: {e}")))?;
             Bytes::from(v)
         }
-        t => {
-            return Err(DecodeError::new(
-                "log item",
-                format!("unknown value codec {t}"),
-            ));
-        }
+        t => return Err(DecodeError::new("log item", format!("unknown value codec {t}"))),
     };
     if !r.is_empty() {
         return Err(DecodeError::new("log item", "trailing bytes"));
@@ -281,14 +315,14 @@ pub fn decode_item_head(item: &[u8]) -> DecodeResult<ItemHead> {
     let mut r = Reader::new(body, "log item");
     let (key, meta) = decode_head(&mut r)?;
     let value_len = match r.u8()? {
-        0 => r.varint_max(MAX_ITEM_LEN, "value length")?,
-        1 => r.varint_max(MAX_ITEM_LEN, "value length")?,
-        t => {
-            return Err(DecodeError::new(
-                "log item",
-                format!("unknown value codec {t}"),
-            ));
+        VALUE_RAW => r.varint_max(MAX_ITEM_LEN, "value length")?,
+        VALUE_SNAPPY => {
+            let c = r.bytes(MAX_ITEM_LEN as usize, "compressed length")?;
+            snap::raw::decompress_len(c)
+                .map_err(|e| DecodeError::new("log item", format!("snappy: {e}")))?
+                as u64
         }
+        t => return Err(DecodeError::new("log item", format!("unknown value codec {t}"))),
     };
     Ok(ItemHead {
         key,
@@ -301,10 +335,19 @@ pub fn decode_item_head(item: &[u8]) -> DecodeResult<ItemHead> {
 
 /// A record being built: its logical payload, with the logical offsets of
 /// its items.
-#[derive(Debug, Default)]
 pub struct RecordBuilder {
     logical: Vec<u8>,
     items: Vec<(usize, usize)>,
+    snappy: snap::raw::Encoder,
+}
+
+impl std::fmt::Debug for RecordBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordBuilder")
+            .field("bytes", &self.logical.len())
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RecordBuilder {
@@ -316,6 +359,7 @@ impl RecordBuilder {
         RecordBuilder {
             logical,
             items: Vec::new(),
+            snappy: snap::raw::Encoder::new(),
         }
     }
 
@@ -328,7 +372,7 @@ impl RecordBuilder {
     /// Encodes and appends a document.
     pub fn push_doc(&mut self, doc: &Document) {
         let start = self.logical.len();
-        encode_item(doc, &mut self.logical);
+        encode_item_with(doc, &mut self.logical, &mut self.snappy);
         self.items.push((start, self.logical.len() - start));
     }
 
