@@ -151,6 +151,7 @@ fn main() {
         std::hint::black_box(d);
     }
     let s = t.elapsed().as_secs_f64();
+    drop(probe);
     println!(
         "warmread:      {:>9.0} gets/s    p50 {:.1} us p99 {:.1} us",
         reads as f64 / s,

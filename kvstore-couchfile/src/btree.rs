@@ -76,7 +76,13 @@ pub struct NodeWriter<'w> {
     pub written: Vec<(ChunkPtr, Arc<Node>)>,
     /// Whether to keep written nodes.
     pub keep: bool,
+    /// Writes out what was built so far (called past a few MiB), so a big
+    /// checkpoint holds little memory.
+    pub flush: Option<&'w mut dyn FnMut(&mut PhysWriter) -> StoreResult<()>>,
 }
+
+/// Built bytes past which a [`NodeWriter`] with a flush hook writes out.
+pub const FLUSH_BYTES: usize = 4 << 20;
 
 impl<'w> NodeWriter<'w> {
     /// A writer that keeps what it writes for the cache.
@@ -87,15 +93,21 @@ impl<'w> NodeWriter<'w> {
             node_size,
             written: Vec::new(),
             keep,
+            flush: None,
         }
     }
 
-    fn write(&mut self, node: Node) -> ChunkPtr {
+    fn write(&mut self, node: Node) -> StoreResult<ChunkPtr> {
         let ptr = self.out.write_chunk(&node.encode(self.codec));
         if self.keep {
             self.written.push((ptr, Arc::new(node)));
         }
-        ptr
+        if self.out.len() >= FLUSH_BYTES
+            && let Some(f) = self.flush.as_mut()
+        {
+            f(self.out)?;
+        }
+        Ok(ptr)
     }
 
     /// Writes `entries` (sorted) as evenly filled leaves.
@@ -119,14 +131,14 @@ impl<'w> NodeWriter<'w> {
                 reduce = reduce.plus(red);
             }
             let max_key = group.last().map(|(k, _)| k.clone()).unwrap_or_default();
-            let ptr = self.write(Node::Leaf(Leaf::from_entries(&group)));
+            let ptr = self.write(Node::Leaf(Leaf::from_entries(&group)))?;
             refs.push(ChildRef::new(max_key, ptr, reduce));
         }
         Ok(refs)
     }
 
     /// Writes `children` (sorted) as evenly filled interior nodes.
-    fn write_interiors(&mut self, children: Vec<ChildRef>) -> Vec<ChildRef> {
+    fn write_interiors(&mut self, children: Vec<ChildRef>) -> StoreResult<Vec<ChildRef>> {
         let sizes: Vec<usize> = children.iter().map(child_entry_size).collect();
         let groups = split_even(&sizes, self.node_size);
         let mut refs = Vec::with_capacity(groups.len());
@@ -137,10 +149,10 @@ impl<'w> NodeWriter<'w> {
                 .iter()
                 .fold(Reduce::default(), |a, c| a.plus(c.reduce));
             let max_key = group.last().map(|c| c.max_key.clone()).unwrap_or_default();
-            let ptr = self.write(Node::Interior(Interior::new(group)));
+            let ptr = self.write(Node::Interior(Interior::new(group)))?;
             refs.push(ChildRef::new(max_key, ptr, reduce));
         }
-        refs
+        Ok(refs)
     }
 }
 
@@ -346,22 +358,22 @@ pub fn modify(
             None => return Ok(Some(root)),
         },
     };
-    Ok(finish_root(w, refs))
+    finish_root(w, refs)
 }
 
 /// Stacks interior levels on `refs` until one root remains.
-fn finish_root(w: &mut NodeWriter<'_>, mut refs: Vec<ChildRef>) -> Option<Root> {
+fn finish_root(w: &mut NodeWriter<'_>, mut refs: Vec<ChildRef>) -> StoreResult<Option<Root>> {
     loop {
         match refs.len() {
-            0 => return None,
+            0 => return Ok(None),
             1 => {
                 let c = &refs[0];
-                return Some(Root {
+                return Ok(Some(Root {
                     ptr: c.ptr,
                     reduce: c.reduce,
-                });
+                }));
             }
-            _ => refs = w.write_interiors(refs),
+            _ => refs = w.write_interiors(refs)?,
         }
     }
 }
@@ -477,7 +489,7 @@ fn modify_node(
             if out.is_empty() {
                 return Ok(Some(out));
             }
-            Ok(Some(w.write_interiors(out)))
+            Ok(Some(w.write_interiors(out)?))
         }
     }
 }
@@ -535,12 +547,11 @@ impl Builder {
             );
         }
         let max_key = entries.last().map(|(k, _)| k.clone()).unwrap_or_default();
-        let ptr = w.write(Node::Leaf(Leaf::from_entries(&entries)));
-        self.push_ref(w, 0, ChildRef::new(max_key, ptr, reduce));
-        Ok(())
+        let ptr = w.write(Node::Leaf(Leaf::from_entries(&entries)))?;
+        self.push_ref(w, 0, ChildRef::new(max_key, ptr, reduce))
     }
 
-    fn push_ref(&mut self, w: &mut NodeWriter<'_>, level: usize, c: ChildRef) {
+    fn push_ref(&mut self, w: &mut NodeWriter<'_>, level: usize, c: ChildRef) -> StoreResult<()> {
         if self.levels.len() <= level {
             self.levels.push((Vec::new(), 0));
         }
@@ -552,12 +563,13 @@ impl Builder {
         if full {
             let refs = std::mem::take(&mut self.levels[level].0);
             self.levels[level].1 = 0;
-            let up = write_one_interior(w, refs);
-            self.push_ref(w, level + 1, up);
+            let up = write_one_interior(w, refs)?;
+            self.push_ref(w, level + 1, up)?;
         }
         let (refs, size) = &mut self.levels[level];
         refs.push(c);
         *size += s;
+        Ok(())
     }
 
     /// Finishes the tree and returns its root.
@@ -577,8 +589,8 @@ impl Builder {
                 }));
             }
             if !refs.is_empty() {
-                let up = write_one_interior(w, refs);
-                self.push_ref(w, level + 1, up);
+                let up = write_one_interior(w, refs)?;
+                self.push_ref(w, level + 1, up)?;
             }
             level += 1;
         }
@@ -586,11 +598,11 @@ impl Builder {
     }
 }
 
-fn write_one_interior(w: &mut NodeWriter<'_>, refs: Vec<ChildRef>) -> ChildRef {
+fn write_one_interior(w: &mut NodeWriter<'_>, refs: Vec<ChildRef>) -> StoreResult<ChildRef> {
     let reduce = refs.iter().fold(Reduce::default(), |a, c| a.plus(c.reduce));
     let max_key = refs.last().map(|c| c.max_key.clone()).unwrap_or_default();
-    let ptr = w.write(Node::Interior(Interior::new(refs)));
-    ChildRef::new(max_key, ptr, reduce)
+    let ptr = w.write(Node::Interior(Interior::new(refs)))?;
+    Ok(ChildRef::new(max_key, ptr, reduce))
 }
 
 #[cfg(test)]

@@ -58,8 +58,6 @@ use std::time::{Duration, Instant};
 const RELOCATE_BATCH: usize = 256 << 10;
 /// Purges per purge record.
 const PURGE_BATCH: usize = 4096;
-/// Bytes a dense rewrite buffers before writing them out.
-const REWRITE_FLUSH: usize = 4 << 20;
 /// Indexes with fewer entries are appended to rather than rewritten for the
 /// share of entries a checkpoint changes.
 const REWRITE_MIN_ENTRIES: u64 = 4096;
@@ -360,41 +358,99 @@ fn rebuild(
     actions: &[Action],
     kind: TreeKind,
     w: &mut NodeWriter<'_>,
-    flush: &mut dyn FnMut(&mut PhysWriter) -> StoreResult<()>,
 ) -> StoreResult<Option<crate::header::Root>> {
     let mut b = Builder::new(kind);
     let mut j = 0;
-    let mut emit =
-        |b: &mut Builder, w: &mut NodeWriter<'_>, k: Bytes, v: Bytes| -> StoreResult<()> {
-            b.push(src, w, k, v)?;
-            if w.out.len() >= REWRITE_FLUSH {
-                flush(w.out)?;
-            }
-            Ok(())
-        };
     iterate(src, root, b"", None, &mut |k, v| {
         while j < actions.len() && actions[j].key()[..] < k[..] {
             if let Action::Put(ak, av) = &actions[j] {
-                emit(&mut b, w, ak.clone(), av.clone())?;
+                b.push(src, w, ak.clone(), av.clone())?;
             }
             j += 1;
         }
         if j < actions.len() && actions[j].key()[..] == k[..] {
             if let Action::Put(ak, av) = &actions[j] {
-                emit(&mut b, w, ak.clone(), av.clone())?;
+                b.push(src, w, ak.clone(), av.clone())?;
             }
             j += 1;
         } else {
-            emit(&mut b, w, k.clone(), v.clone())?;
+            b.push(src, w, k.clone(), v.clone())?;
         }
         Ok(true)
     })?;
     for a in &actions[j..] {
         if let Action::Put(ak, av) = a {
-            emit(&mut b, w, ak.clone(), av.clone())?;
+            b.push(src, w, ak.clone(), av.clone())?;
         }
     }
     b.finish(src, w)
+}
+
+/// Appends the checkpoint's nodes, segment table and header to the index
+/// file, written out a few MiB at a time, and syncs. Returns the new end.
+fn append_checkpoint(
+    vb: &CouchVb,
+    iw: &mut IndexWriter,
+    ch: &TreeChanges,
+    table: &SegmentTable,
+    header: &mut Header,
+) -> StoreResult<u64> {
+    let cfg = &vb.shared.config;
+    iw.clean()?;
+    let base = iw.header.clone();
+    let f = iw.file.io()?;
+    let mut crc = 0u32;
+    let mut out = PhysWriter::new(iw.end);
+    // Small checkpoints keep what they write for the cache; big ones would
+    // hold a second copy of the index in memory.
+    let keep = ch.keys < 4096;
+    let nodes = {
+        let mut flush = |out: &mut PhysWriter| -> StoreResult<()> {
+            crc = crc32c::crc32c_append(crc, out.bytes());
+            out.flush_to(&f)
+        };
+        let mut nw = NodeWriter::new(&mut out, cfg.compression, cfg.node_size, keep);
+        nw.flush = Some(&mut flush);
+        let file = &*iw.file;
+        header.by_key = modify(
+            file,
+            &mut nw,
+            TreeKind::ByKey,
+            base.by_key,
+            &ch.by_key,
+            &mut |_, _| {},
+        )?;
+        header.by_seqno = modify(
+            file,
+            &mut nw,
+            TreeKind::BySeqno,
+            base.by_seqno,
+            &ch.by_seqno,
+            &mut |_, _| {},
+        )?;
+        header.local = modify(
+            file,
+            &mut nw,
+            TreeKind::Local,
+            base.local,
+            &ch.local,
+            &mut |_, _| {},
+        )?;
+        std::mem::take(&mut nw.written)
+    };
+    header.segments = Some(out.write_chunk(&table.encode()));
+    header.prev = Some(base.offset);
+    crate::header::append_header(&mut out, header, iw.end, crc);
+    f.write_at(out.bytes(), out.base())?;
+    if cfg.sync {
+        f.sync()?;
+    }
+    let end = out.pos();
+    iw.file.set_end(end);
+    for (ptr, node) in nodes {
+        iw.file.cache_node(ptr, node);
+    }
+    Ok(end)
 }
 
 /// What a checkpoint wrote.
@@ -470,48 +526,16 @@ fn write_index(
         dense_entries: base.dense_entries,
     };
     if !rewrite {
-        let mut out = PhysWriter::new(iw.end);
-        let mut nw = NodeWriter::new(&mut out, cfg.compression, cfg.node_size, true);
-        let file = &*iw.file;
-        header.by_key = modify(
-            file,
-            &mut nw,
-            TreeKind::ByKey,
-            base.by_key,
-            &ch.by_key,
-            &mut |_, _| {},
-        )?;
-        header.by_seqno = modify(
-            file,
-            &mut nw,
-            TreeKind::BySeqno,
-            base.by_seqno,
-            &ch.by_seqno,
-            &mut |_, _| {},
-        )?;
-        header.local = modify(
-            file,
-            &mut nw,
-            TreeKind::Local,
-            base.local,
-            &ch.local,
-            &mut |_, _| {},
-        )?;
-        let nodes = std::mem::take(&mut nw.written);
-        header.segments = Some(out.write_chunk(&table.encode()));
-        header.prev = Some(base.offset);
-        crate::header::append_header(&mut out, &mut header, iw.end, 0);
-        if let Err(e) = iw.append(out.bytes(), cfg.sync) {
-            if iw.unclean() {
+        let r = append_checkpoint(vb, iw, &ch, &table, &mut header);
+        if r.is_err() {
+            // What the failed checkpoint wrote after `end` is cut off now,
+            // or before the next commit.
+            iw.dirty = true;
+            if iw.clean().is_err() {
                 vb.index_unclean.store(true, Ordering::Release);
             }
-            return Err(e);
         }
-        let end = out.pos();
-        iw.file.set_end(end);
-        for (ptr, node) in nodes {
-            iw.file.cache_node(ptr, node);
-        }
+        let end = r?;
         return Ok(Written {
             file: Arc::clone(&iw.file),
             no: iw.no,
@@ -566,6 +590,7 @@ fn write_dense(
             out.flush_to(&f)
         };
         let mut nw = NodeWriter::new(&mut out, cfg.compression, cfg.node_size, false);
+        nw.flush = Some(&mut flush);
         let src = &*iw.file;
         header.by_key = rebuild(
             src,
@@ -573,7 +598,6 @@ fn write_dense(
             &ch.by_key,
             TreeKind::ByKey,
             &mut nw,
-            &mut flush,
         )?;
         header.by_seqno = rebuild(
             src,
@@ -581,7 +605,6 @@ fn write_dense(
             &ch.by_seqno,
             TreeKind::BySeqno,
             &mut nw,
-            &mut flush,
         )?;
         let mut lb = Builder::new(TreeKind::Local);
         for (k, v) in frozen.locals.iter() {

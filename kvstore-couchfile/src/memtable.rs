@@ -235,7 +235,10 @@ impl Memtable {
     /// [`Memtable::get`] with the key's hash already computed.
     pub fn get_hashed(&self, key: &DiskKey, hash: u64, commit: u64) -> Found {
         let m = self.read();
-        Found::of(m.versions_hashed(key.as_bytes(), hash).and_then(|kv| kv.at(commit)))
+        Found::of(
+            m.versions_hashed(key.as_bytes(), hash)
+                .and_then(|kv| kv.at(commit)),
+        )
     }
 
     /// Read access.
@@ -411,7 +414,14 @@ impl MemInner {
         // and whole keys only on a tie.
         let common = v.first().map_or(0, |first| {
             v.iter().fold(first.0.len(), |n, (k, _)| {
-                n.min(first.0.iter().zip(k.iter()).take_while(|(a, b)| a == b).count())
+                n.min(
+                    first
+                        .0
+                        .iter()
+                        .zip(k.iter())
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                )
             })
         });
         let head = |k: &[u8]| -> u128 {

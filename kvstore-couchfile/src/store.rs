@@ -1074,7 +1074,10 @@ impl Apply<'_> {
         let (priors, hashes) = match known {
             Some(k) => k,
             None => {
-                let hashes: Vec<u64> = items.iter().map(|(k, _)| self.mem.hash(k.borrow())).collect();
+                let hashes: Vec<u64> = items
+                    .iter()
+                    .map(|(k, _)| self.mem.hash(k.borrow()))
+                    .collect();
                 let priors = items
                     .iter()
                     .map(|(k, _)| self.current(k.borrow()))
@@ -1100,7 +1103,14 @@ impl Apply<'_> {
             let s = seg_stat(self.segs, rec.ptr.seg);
             s.total += u64::from(rec.ptr.len);
             s.live += u64::from(rec.ptr.len);
-            m.apply_hashed(key.borrow(), hashes[i], commit, Change::Put(*rec), prior, true);
+            m.apply_hashed(
+                key.borrow(),
+                hashes[i],
+                commit,
+                Change::Put(*rec),
+                prior,
+                true,
+            );
         }
         self.added_bytes += m.held().saturating_sub(before);
         Ok(())
@@ -1747,7 +1757,11 @@ impl VbStore for CouchVb {
                 });
             }
             let n = prepared.items.len();
-            let hashes: Vec<u64> = prepared.items.iter().map(|d| v.active.hash(&d.key)).collect();
+            let hashes: Vec<u64> = prepared
+                .items
+                .iter()
+                .map(|d| v.active.hash(&d.key))
+                .collect();
             let priors: Vec<Option<IndexRec>> = prepared
                 .items
                 .iter()

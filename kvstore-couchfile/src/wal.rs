@@ -301,7 +301,12 @@ pub fn decode_item(item: &[u8]) -> DecodeResult<Document> {
                 .map_err(|e| DecodeError::new("log item", format!("snappy: {e}")))?;
             Bytes::from(v)
         }
-        t => return Err(DecodeError::new("log item", format!("unknown value codec {t}"))),
+        t => {
+            return Err(DecodeError::new(
+                "log item",
+                format!("unknown value codec {t}"),
+            ));
+        }
     };
     if !r.is_empty() {
         return Err(DecodeError::new("log item", "trailing bytes"));
@@ -322,7 +327,12 @@ pub fn decode_item_head(item: &[u8]) -> DecodeResult<ItemHead> {
                 .map_err(|e| DecodeError::new("log item", format!("snappy: {e}")))?
                 as u64
         }
-        t => return Err(DecodeError::new("log item", format!("unknown value codec {t}"))),
+        t => {
+            return Err(DecodeError::new(
+                "log item",
+                format!("unknown value codec {t}"),
+            ));
+        }
     };
     Ok(ItemHead {
         key,
