@@ -308,7 +308,7 @@ fn iterate_node(
     match &*node {
         Node::Leaf(leaf) => {
             for i in leaf.lower_bound(start)..leaf.len() {
-                if end.is_some_and(|e| leaf.key(i) >= e) {
+                if end.is_some_and(|e| leaf.key_cmp(i, e) != std::cmp::Ordering::Less) {
                     return Ok(false);
                 }
                 if !visit(&leaf.key_bytes(i), &leaf.value(i))? {

@@ -4,11 +4,18 @@
 //! varint, then the (compressed) node:
 //!
 //! ```text
-//! kind u8 (1 leaf, 2 interior) | count varint | entries
-//! leaf entry:     key (len-prefixed) | value (len-prefixed)
+//! leaf:     kind u8 (3: 16-bit offsets, 4: 32-bit) | count u16 | prefix len u16
+//!           | prefix | offsets[count + 1] | entries
+//! leaf entry (from offsets[i] to offsets[i+1], relative to the entries):
+//!           key suffix (len-prefixed) | value (the rest of the entry)
+//! interior: kind u8 (2) | count varint | entries
 //! interior entry: max key of the child (len-prefixed) | child offset varint
 //!                 | child length varint | live varint | deleted varint | bytes varint
 //! ```
+//!
+//! A leaf stores the prefix its keys share once, and a table of entry
+//! offsets, so a leaf read from disk is searched in place: nothing to parse
+//! per entry, and a search compares the short suffixes.
 
 use crate::block::ChunkPtr;
 use crate::codec::{DecodeError, DecodeResult, Reader, put_bytes, put_varint, slice_of};
@@ -125,84 +132,218 @@ impl Resolved {
     }
 }
 
-/// A decoded leaf, kept compact for lookups: its encoded bytes plus, per
-/// entry, where its key and value sit in them. A binary search touches the
-/// small offset array and the probed keys only.
+/// A leaf, kept as its encoding: a search reads the offset table and the
+/// probed suffixes in place.
 #[derive(Clone)]
 pub struct Leaf {
     raw: Bytes,
-    keys: Vec<(u32, u32)>,
-    vals: Vec<(u32, u32)>,
+    count: usize,
+    prefix: (u32, u32),
+    /// Where the offset table starts, and whether its entries are 32-bit.
+    table: usize,
+    wide: bool,
+    /// Where the entries start.
+    base: usize,
+}
+
+const KIND_LEAF16: u8 = 3;
+const KIND_LEAF32: u8 = 4;
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl Leaf {
     /// Encodes `entries` (sorted by key) into a leaf.
     #[must_use]
     pub fn from_entries(entries: &[(Bytes, Bytes)]) -> Leaf {
-        let size: usize = 10
-            + entries
-                .iter()
-                .map(|(k, v)| leaf_entry_size(k, v))
-                .sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.push(KIND_LEAF);
-        put_varint(&mut out, entries.len() as u64);
-        let mut keys = Vec::with_capacity(entries.len());
-        let mut vals = Vec::with_capacity(entries.len());
-        for (k, v) in entries {
-            put_varint(&mut out, k.len() as u64);
-            keys.push((out.len() as u32, k.len() as u32));
-            out.extend_from_slice(k);
-            put_varint(&mut out, v.len() as u64);
-            vals.push((out.len() as u32, v.len() as u32));
+        let prefix = match (entries.first(), entries.last()) {
+            (Some(f), Some(l)) if entries.len() > 1 => common_prefix(&f.0, &l.0).min(u16::MAX as usize),
+            _ => 0,
+        };
+        let body: usize = entries
+            .iter()
+            .map(|(k, v)| leaf_entry_size(&k[prefix..], v))
+            .sum();
+        let wide = body > u16::MAX as usize;
+        let width = if wide { 4 } else { 2 };
+        let mut out = Vec::with_capacity(5 + prefix + (entries.len() + 1) * width + body);
+        out.push(if wide { KIND_LEAF32 } else { KIND_LEAF16 });
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(prefix as u16).to_le_bytes());
+        if let Some((k, _)) = entries.first() {
+            out.extend_from_slice(&k[..prefix]);
+        }
+        let table = out.len();
+        out.resize(table + (entries.len() + 1) * width, 0);
+        let base = out.len();
+        for (i, (k, v)) in entries.iter().enumerate() {
+            let off = out.len() - base;
+            put_off(&mut out, table, i, off, wide);
+            put_bytes(&mut out, &k[prefix..]);
             out.extend_from_slice(v);
         }
+        let end = out.len() - base;
+        put_off(&mut out, table, entries.len(), end, wide);
         Leaf {
             raw: Bytes::from(out),
-            keys,
-            vals,
+            count: entries.len(),
+            prefix: (5, prefix as u32),
+            table,
+            wide,
+            base,
         }
+    }
+
+    /// Checks and wraps an encoded leaf (`raw` starts with its kind byte).
+    fn decode(raw: Bytes) -> DecodeResult<Leaf> {
+        let bad = |d: String| DecodeError::new("leaf node", d);
+        if raw.len() < 5 {
+            return Err(bad("shorter than its header".into()));
+        }
+        let wide = match raw[0] {
+            KIND_LEAF16 => false,
+            KIND_LEAF32 => true,
+            k => return Err(bad(format!("unknown leaf kind {k}"))),
+        };
+        let count = usize::from(u16::from_le_bytes([raw[1], raw[2]]));
+        let prefix = usize::from(u16::from_le_bytes([raw[3], raw[4]]));
+        let width = if wide { 4 } else { 2 };
+        let table = 5 + prefix;
+        let base = table + (count + 1) * width;
+        if base > raw.len() {
+            return Err(bad(format!(
+                "{count} entries and a {prefix}-byte prefix do not fit in {} bytes",
+                raw.len()
+            )));
+        }
+        let leaf = Leaf {
+            raw,
+            count,
+            prefix: (5, prefix as u32),
+            table,
+            wide,
+            base,
+        };
+        // Offsets rise and stay inside the node; each entry holds its
+        // suffix; keys strictly increase.
+        let body = leaf.raw.len() - base;
+        if leaf.off(0) != 0 || leaf.off(count) != body {
+            return Err(bad("the offset table does not span the entries".into()));
+        }
+        for i in 0..count {
+            let (a, b) = (leaf.off(i), leaf.off(i + 1));
+            if a > b || b > body {
+                return Err(bad(format!("offset {i} runs backwards or past the node")));
+            }
+            let e = &leaf.raw[base + a..base + b];
+            let mut r = Reader::new(e, "leaf entry");
+            r.bytes(e.len(), "key suffix")?;
+        }
+        for i in 1..count {
+            if leaf.suffix(i - 1) >= leaf.suffix(i) {
+                return Err(bad("keys out of order".into()));
+            }
+        }
+        Ok(leaf)
+    }
+
+    fn off(&self, i: usize) -> usize {
+        let at = self.table + i * if self.wide { 4 } else { 2 };
+        if self.wide {
+            u32::from_le_bytes([
+                self.raw[at],
+                self.raw[at + 1],
+                self.raw[at + 2],
+                self.raw[at + 3],
+            ]) as usize
+        } else {
+            usize::from(u16::from_le_bytes([self.raw[at], self.raw[at + 1]]))
+        }
+    }
+
+    fn entry(&self, i: usize) -> (usize, usize) {
+        (self.base + self.off(i), self.base + self.off(i + 1))
+    }
+
+    /// Entry `i`'s key suffix and where its value starts (checked at decode).
+    fn split(&self, i: usize) -> (&[u8], usize) {
+        let (a, b) = self.entry(i);
+        let e = &self.raw[a..b];
+        let (len, n) = read_varint(e);
+        let start = (n + len).min(e.len());
+        (&e[n.min(e.len())..start], a + start)
+    }
+
+    fn suffix(&self, i: usize) -> &[u8] {
+        self.split(i).0
+    }
+
+    /// The prefix every key of the leaf shares.
+    #[must_use]
+    pub fn prefix(&self) -> &[u8] {
+        let (o, l) = self.prefix;
+        &self.raw[o as usize..(o + l) as usize]
     }
 
     /// Entries.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.count
     }
 
     /// True when empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.count == 0
     }
 
-    /// The key of entry `i`.
+    /// Compares the key of entry `i` with `key`.
     #[must_use]
-    pub fn key(&self, i: usize) -> &[u8] {
-        let (o, l) = self.keys[i];
-        &self.raw[o as usize..(o + l) as usize]
+    pub fn key_cmp(&self, i: usize, key: &[u8]) -> std::cmp::Ordering {
+        let p = self.prefix();
+        let n = p.len().min(key.len());
+        match p[..n].cmp(&key[..n]) {
+            std::cmp::Ordering::Equal if key.len() >= p.len() => self.suffix(i).cmp(&key[p.len()..]),
+            std::cmp::Ordering::Equal => std::cmp::Ordering::Greater,
+            other => other,
+        }
     }
 
-    /// The key of entry `i`, shared.
+    /// The key of entry `i` (zero-copy when the leaf has no shared prefix).
     #[must_use]
     pub fn key_bytes(&self, i: usize) -> Bytes {
-        let (o, l) = self.keys[i];
-        self.raw.slice(o as usize..(o + l) as usize)
+        let (suffix, _) = self.split(i);
+        if self.prefix.1 == 0 {
+            return self.raw.slice_ref(suffix);
+        }
+        let mut k = Vec::with_capacity(self.prefix.1 as usize + suffix.len());
+        k.extend_from_slice(self.prefix());
+        k.extend_from_slice(suffix);
+        Bytes::from(k)
     }
 
     /// The value of entry `i`, shared.
     #[must_use]
     pub fn value(&self, i: usize) -> Bytes {
-        let (o, l) = self.vals[i];
-        self.raw.slice(o as usize..(o + l) as usize)
+        let (_, v) = self.split(i);
+        let (_, end) = self.entry(i);
+        self.raw.slice(v..end)
     }
 
     /// The index of `key`, or where it would go.
     pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
-        let (mut lo, mut hi) = (0, self.len());
+        let p = self.prefix();
+        if !key.starts_with(p) {
+            // Every key of the leaf starts with the prefix: all of them are
+            // on one side of the probe.
+            return Err(if key < p { 0 } else { self.count });
+        }
+        let probe = &key[p.len()..];
+        let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.key(mid).cmp(key) {
+            match self.suffix(mid).cmp(probe) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return Ok(mid),
@@ -221,7 +362,7 @@ impl Leaf {
 
     /// Every entry, in key order.
     pub fn entries(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
-        (0..self.len()).map(|i| (self.key_bytes(i), self.value(i)))
+        (0..self.count).map(|i| (self.key_bytes(i), self.value(i)))
     }
 
     /// The encoded (uncompressed) leaf.
@@ -229,6 +370,29 @@ impl Leaf {
     pub fn raw(&self) -> &Bytes {
         &self.raw
     }
+}
+
+fn put_off(out: &mut [u8], table: usize, i: usize, off: usize, wide: bool) {
+    if wide {
+        let at = table + i * 4;
+        out[at..at + 4].copy_from_slice(&(off as u32).to_le_bytes());
+    } else {
+        let at = table + i * 2;
+        out[at..at + 2].copy_from_slice(&(off as u16).to_le_bytes());
+    }
+}
+
+/// A varint at the start of `b` (checked at decode; a short read gives a
+/// length past the end, which callers clamp).
+fn read_varint(b: &[u8]) -> (usize, usize) {
+    let mut v: usize = 0;
+    for (i, byte) in b.iter().enumerate().take(5) {
+        v |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (v, i + 1);
+        }
+    }
+    (usize::MAX / 2, b.len())
 }
 
 impl PartialEq for Leaf {
@@ -321,7 +485,6 @@ pub enum Node {
     Interior(Interior),
 }
 
-const KIND_LEAF: u8 = 1;
 const KIND_INTERIOR: u8 = 2;
 
 /// The encoded size of one leaf entry.
@@ -438,63 +601,47 @@ impl Node {
 
     /// Decodes an uncompressed node; keys and values share `raw`.
     pub fn decode_raw(raw: Bytes) -> DecodeResult<Node> {
-        let mut r = Reader::new(&raw, "node");
-        let kind = r.u8()?;
-        // Each entry takes at least two bytes, which bounds the count.
-        let count = r.varint_max(raw.len() as u64 / 2, "entry count")? as usize;
-        let node = match kind {
-            KIND_LEAF => {
-                let mut keys = Vec::with_capacity(count);
-                let mut vals = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let klen = r.varint_max(MAX_NODE_LEN as u64, "key length")? as u32;
-                    keys.push((r.pos() as u32, klen));
-                    r.take(klen as usize)?;
-                    let vlen = r.varint_max(MAX_NODE_LEN as u64, "value length")? as u32;
-                    vals.push((r.pos() as u32, vlen));
-                    r.take(vlen as usize)?;
-                }
-                Node::Leaf(Leaf {
-                    raw: raw.clone(),
-                    keys,
-                    vals,
-                })
-            }
-            KIND_INTERIOR => {
-                let mut children = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let k = r.bytes(MAX_NODE_LEN, "key length")?;
-                    let offset = r.varint()?;
-                    let len = r.varint_max(u64::from(u32::MAX), "child length")? as u32;
-                    let reduce = Reduce {
-                        live: r.varint()?,
-                        deleted: r.varint()?,
-                        bytes: r.varint()?,
-                    };
-                    children.push(ChildRef::new(
-                        slice_of(&raw, k),
-                        ChunkPtr { offset, len },
-                        reduce,
-                    ));
-                }
-                if children.is_empty() {
-                    return Err(DecodeError::new("node", "interior node with no children"));
-                }
-                Node::Interior(Interior::new(children))
-            }
-            other => {
+        match raw.first() {
+            Some(&KIND_LEAF16) | Some(&KIND_LEAF32) => return Leaf::decode(raw).map(Node::Leaf),
+            Some(&KIND_INTERIOR) => {}
+            Some(other) => {
                 return Err(DecodeError::new(
                     "node",
                     format!("unknown node kind {other}"),
                 ));
             }
-        };
+            None => return Err(DecodeError::new("node", "empty")),
+        }
+        let mut r = Reader::new(&raw, "node");
+        r.u8()?;
+        // Each entry takes at least two bytes, which bounds the count.
+        let count = r.varint_max(raw.len() as u64 / 2, "entry count")? as usize;
+        let mut children = Vec::with_capacity(count);
+        for _ in 0..count {
+            let k = r.bytes(MAX_NODE_LEN, "key length")?;
+            let offset = r.varint()?;
+            let len = r.varint_max(u64::from(u32::MAX), "child length")? as u32;
+            let reduce = Reduce {
+                live: r.varint()?,
+                deleted: r.varint()?,
+                bytes: r.varint()?,
+            };
+            children.push(ChildRef::new(
+                slice_of(&raw, k),
+                ChunkPtr { offset, len },
+                reduce,
+            ));
+        }
+        if children.is_empty() {
+            return Err(DecodeError::new("node", "interior node with no children"));
+        }
         if !r.is_empty() {
             return Err(DecodeError::new(
                 "node",
                 format!("{} trailing bytes", r.remaining()),
             ));
         }
+        let node = Node::Interior(Interior::new(children));
         if !node.is_sorted() {
             return Err(DecodeError::new("node", "keys out of order"));
         }
@@ -503,7 +650,7 @@ impl Node {
 
     fn is_sorted(&self) -> bool {
         match self {
-            Node::Leaf(l) => (1..l.len()).all(|i| l.key(i - 1) < l.key(i)),
+            Node::Leaf(_) => true,
             Node::Interior(n) => n.children().windows(2).all(|w| w[0].max_key < w[1].max_key),
         }
     }
@@ -512,7 +659,7 @@ impl Node {
     #[must_use]
     pub fn weight(&self) -> usize {
         match self {
-            Node::Leaf(l) => l.raw.len() + l.len() * 16 + 96,
+            Node::Leaf(l) => l.raw.len() + 128,
             Node::Interior(n) => {
                 n.children()
                     .iter()
@@ -575,14 +722,20 @@ mod tests {
                 assert_eq!(Node::decode(&enc).unwrap(), n, "{codec:?}");
             }
         }
-        assert_eq!(
-            leaf().encode_raw().len(),
-            2 + entries()
-                .iter()
-                .map(|(k, v)| leaf_entry_size(k, v))
-                .sum::<usize>()
+        // The shared prefix ("key0") is stored once.
+        assert!(
+            leaf().encode_raw().len()
+                < entries()
+                    .iter()
+                    .map(|(k, v)| leaf_entry_size(k, v))
+                    .sum::<usize>()
         );
         let Node::Leaf(l) = leaf() else { panic!() };
+        assert_eq!(l.prefix(), b"key00");
+        assert_eq!(l.search(b"a"), Err(0), "below the prefix");
+        assert_eq!(l.search(b"z"), Err(50), "above the prefix");
+        assert_eq!(l.search(b"key0"), Err(0), "a proper prefix of the prefix");
+        assert_eq!(&l.key_bytes(7)[..], b"key0007");
         assert_eq!(l.search(b"key0010"), Ok(10));
         assert_eq!(l.search(b"key0010x"), Err(11));
         assert_eq!(l.lower_bound(b""), 0);
@@ -599,6 +752,55 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn leaf_search_matches_a_sorted_list(
+            keys in proptest::collection::btree_set(
+                (0u8..3, proptest::collection::vec(0u8..4, 0..6)),
+                0..80,
+            ),
+            probes in proptest::collection::vec(
+                (0u8..3, proptest::collection::vec(0u8..4, 0..7)),
+                20,
+            ),
+        ) {
+            // Keys share a prefix of varying length, some are prefixes of
+            // others.
+            let mk = |(a, rest): &(u8, Vec<u8>)| {
+                let mut k = b"shared/".to_vec();
+                k.push(*a);
+                k.extend_from_slice(rest);
+                k
+            };
+            let sorted: Vec<Vec<u8>> = {
+                let mut v: Vec<Vec<u8>> = keys.iter().map(mk).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let entries: Vec<(Bytes, Bytes)> = sorted
+                .iter()
+                .map(|k| (Bytes::from(k.clone()), Bytes::from(vec![k.len() as u8])))
+                .collect();
+            let leaf = Leaf::from_entries(&entries);
+            let back = match Node::decode(&Node::Leaf(leaf.clone()).encode(Compression::Lz4)).unwrap() {
+                Node::Leaf(l) => l,
+                _ => unreachable!(),
+            };
+            for l in [&leaf, &back] {
+                prop_assert_eq!(l.len(), sorted.len());
+                for (i, k) in sorted.iter().enumerate() {
+                    prop_assert_eq!(&l.key_bytes(i)[..], &k[..]);
+                    prop_assert_eq!(&l.value(i)[..], &[k.len() as u8][..]);
+                }
+                for p in probes.iter().map(mk).chain([b"a".to_vec(), b"z".to_vec(), b"shared".to_vec()]) {
+                    prop_assert_eq!(l.search(&p), sorted.binary_search(&p));
+                    for i in 0..sorted.len() {
+                        prop_assert_eq!(l.key_cmp(i, &p), sorted[i].cmp(&p));
+                    }
+                }
+            }
+        }
+
         #[test]
         fn decode_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Node::decode(&raw);
