@@ -130,8 +130,21 @@ fn main() {
     }
     let mut lat = Vec::new();
     let t = Instant::now();
+    let cvb = store.open_couch(Vbid(0), vb.revision()).unwrap();
+    let stat = |c: &kvstore_couchfile::CouchVb| {
+        (
+            c.stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
+            c.stats.rewrites.load(std::sync::atomic::Ordering::Relaxed),
+            c.stats.reclaim_started.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
     for i in 0..single {
+        let before = stat(&cvb);
         commit(&[(n + i, 0)], &mut lat);
+        let last = *lat.last().unwrap();
+        if last > 2_000_000 {
+            println!("  slow single commit {i}: {} us; maintenance before {before:?} after {:?}", last / 1000, stat(&cvb));
+        }
     }
     let s = t.elapsed().as_secs_f64();
     println!(
@@ -183,7 +196,30 @@ fn main() {
         pct(lat, 0.99),
         dir_bytes(dir.path()) as f64 / 1048576.0
     );
+    let breakdown = |when: &str| {
+        let cvb = store.open_couch(Vbid(0), vb.revision()).unwrap();
+        let segs = cvb.segment_stats();
+        let (phys, total, live): (u64, u64, u64) = segs
+            .iter()
+            .fold((0, 0, 0), |a, s| (a.0 + s.phys, a.1 + s.total, a.2 + s.live));
+        let v = cvb.view();
+        let _ = &v;
+        println!(
+            "  {when}: {} segments: {:.1} MiB on disk, {:.1} MiB written, {:.1} MiB live; index+log info {:.1} MiB; checkpoints {} rewrites {} reclaims {} relocated {:.1} MiB",
+            segs.len(),
+            phys as f64 / 1048576.0,
+            total as f64 / 1048576.0,
+            live as f64 / 1048576.0,
+            vb.info().unwrap().file_bytes as f64 / 1048576.0,
+            cvb.stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
+            cvb.stats.rewrites.load(std::sync::atomic::Ordering::Relaxed),
+            cvb.stats.reclaims.load(std::sync::atomic::Ordering::Relaxed),
+            cvb.stats.relocated_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0,
+        );
+    };
+    breakdown("after updates");
     std::thread::sleep(std::time::Duration::from_secs(env("SETTLE", 3)));
+    breakdown("after idle");
     println!(
         "after {}s idle: disk {:.1} MiB; peak RSS {} MiB; open files {}; memtables {} KiB",
         env("SETTLE", 3),

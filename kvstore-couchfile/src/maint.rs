@@ -173,7 +173,6 @@ pub(crate) fn replay(
         let s = &segments[no];
         let file = s.slot.get()?;
         let len = file.size()?;
-        let is_last = i + 1 == nos.len();
         let mut pos = if i == 0 { off } else { BLOCK_SIZE };
         loop {
             match probe(&file, *no, len, pos)? {
@@ -218,18 +217,25 @@ pub(crate) fn replay(
                             CorruptionKind::BadHeaderBeforeValidData { later_offset: at },
                         ));
                     }
-                    if !is_last {
-                        return Err(StoreError::corrupt(
-                            file.path(),
-                            pos,
-                            CorruptionKind::BadHeaderBeforeValidData {
-                                later_offset: BLOCK_SIZE,
-                            },
-                        ));
+                    // Later segments may only be spares created ahead of
+                    // time, with nothing in them.
+                    for later in &nos[i + 1..] {
+                        let lf = segments[later].slot.get()?;
+                        let ll = lf.size()?;
+                        if !matches!(probe(&lf, *later, ll, BLOCK_SIZE)?, Probe::Empty)
+                            || later_record(&lf, ll, 2 * BLOCK_SIZE, last)?.is_some()
+                        {
+                            return Err(StoreError::corrupt(
+                                file.path(),
+                                pos,
+                                CorruptionKind::BadHeaderBeforeValidData {
+                                    later_offset: BLOCK_SIZE,
+                                },
+                            ));
+                        }
                     }
                     tracing::warn!(path = %file.path().display(), pos, %kind, "ignoring the torn final commit");
-                    tail = Some((*no, pos, len));
-                    break;
+                    return Ok(Some((*no, pos, len)));
                 }
             }
         }
@@ -1344,7 +1350,36 @@ impl CouchVb {
         r
     }
 
+    /// Zero-fills space ahead of the log writer, or creates the next
+    /// segment ahead of time, when due: the latency-critical chores, done
+    /// first and without the index's lock.
+    fn log_chores(&self) -> StoreResult<bool> {
+        let due = lock(&self.writer).wal.prealloc_due();
+        if let Some((seg, p, from, to)) = due {
+            crate::wal::prealloc_fill(&seg, &p, from, to)?;
+            return Ok(true);
+        }
+        let next = {
+            let w = lock(&self.writer);
+            (w.spare.is_none() && w.wal.pos > w.wal.segment_bytes / 4 * 3).then(|| w.wal.seg.no + 1)
+        };
+        if let Some(no) = next {
+            let seg = crate::wal::create_segment(&self.shared.fds, &self.dir, self.vbid, self.revision, no)?;
+            let mut w = lock(&self.writer);
+            if w.spare.is_none() && w.wal.seg.no + 1 == no {
+                w.spare = Some(seg);
+            } else {
+                seg.slot.remove_on_drop();
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn step(&self, iw: &mut IndexWriter) -> StoreResult<bool> {
+        if self.log_chores()? {
+            return Ok(true);
+        }
         let cfg = &self.shared.config;
         let v = self.view();
         let (since, retire) = {

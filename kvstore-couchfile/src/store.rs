@@ -883,6 +883,9 @@ pub(crate) struct Writer {
     pub(crate) segs: BTreeMap<u32, SegmentStat>,
     /// Log bytes written since the last checkpoint froze the memtable.
     pub(crate) since_checkpoint: u64,
+    /// The next segment, created ahead of time by maintenance so a commit
+    /// that fills the current one does not wait for a file creation.
+    pub(crate) spare: Option<Arc<Segment>>,
 }
 
 impl Writer {
@@ -1427,6 +1430,26 @@ impl CouchVb {
                 s.phys = seg.slot.get()?.size()?;
             }
         }
+        // Segments after the one the log ends in were created ahead of
+        // time and never written: remove them, so the writer carries on
+        // where the log ends (and zeroes a torn tail there first).
+        let (last_seg, file_len) = match tail {
+            Some((seg, _, _)) if seg < last_seg.no => {
+                let later: Vec<u32> = segments.range(seg + 1..).map(|(n, _)| *n).collect();
+                for n in later {
+                    if let Some(s) = segments.remove(&n) {
+                        if writable {
+                            s.slot.remove_on_drop();
+                        }
+                        stats.remove(&n);
+                    }
+                }
+                let s = Arc::clone(&segments[&seg]);
+                let len = s.slot.get()?.size()?;
+                (s, len)
+            }
+            _ => (last_seg, file_len),
+        };
         let (pos, dirty_until) = match tail {
             Some((seg, pos, dirty)) if seg == last_seg.no => (pos, dirty),
             _ => (crate::block::BLOCK_SIZE, file_len),
@@ -1439,15 +1462,19 @@ impl CouchVb {
             poisoned: None,
             segment_bytes: shared.config.segment_bytes,
             sync: shared.config.sync,
+            prealloc: Arc::default(),
+            small_records: false,
         };
         let w = Writer {
             wal,
             next_commit: last_commit + 1,
             segs: stats,
             since_checkpoint: since,
+            spare: None,
         };
         shared.memtables.fetch_add(added_bytes, Ordering::Relaxed);
         let view = VbView {
+            segments: Arc::new(segments),
             locals: locals.map_or_else(|| Arc::clone(&base.locals), Arc::new),
             high_seqno: high,
             purge_seqno: purge,
@@ -1581,7 +1608,10 @@ impl CouchVb {
             w.wal.recover()?;
         }
         let no = w.wal.seg.no + 1;
-        let seg = create_segment(&self.shared.fds, &self.dir, self.vbid, self.revision, no)?;
+        let seg = match w.spare.take().filter(|s| s.no == no) {
+            Some(s) => s,
+            None => create_segment(&self.shared.fds, &self.dir, self.vbid, self.revision, no)?,
+        };
         segments.insert(no, Arc::clone(&seg));
         w.segs.insert(
             no,
@@ -1595,6 +1625,7 @@ impl CouchVb {
         w.wal.pos = crate::block::BLOCK_SIZE;
         w.wal.file_len = crate::block::BLOCK_SIZE;
         w.wal.dirty_until = w.wal.pos;
+        w.wal.prealloc = Arc::default();
         Ok(segments)
     }
 
@@ -1829,12 +1860,22 @@ impl VbStore for CouchVb {
             w.segs = std::mem::take(apply.segs);
             let high_after = apply.high;
             self.finish_apply(&w, &v, apply, commit, new_segments);
-            CommitInfo {
-                high_seqno: high_after,
-                items: n,
-                bytes_written,
-            }
+            let chores = (w.wal.small_records
+                && w.wal.file_len.saturating_sub(w.wal.pos) < crate::wal::PREALLOC_LOW)
+                || (w.spare.is_none() && w.wal.pos > w.wal.segment_bytes / 4 * 3);
+            (
+                CommitInfo {
+                    high_seqno: high_after,
+                    items: n,
+                    bytes_written,
+                },
+                chores,
+            )
         };
+        let (info, chores) = info;
+        if chores && self.shared.config.background {
+            self.shared.signal.poke();
+        }
         self.maybe_maintain();
         Ok(info)
     }

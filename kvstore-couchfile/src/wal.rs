@@ -72,12 +72,71 @@ const RECORD_MAGIC: [u8; 4] = *b"CFWR";
 const SEGMENT_MAGIC: [u8; 4] = *b"CFWS";
 /// The log format version.
 pub const WAL_VERSION: u8 = 1;
-/// Records smaller than this are followed by preallocated zeros.
-const PREALLOC_BELOW: u64 = 64 << 10;
+/// Records smaller than this count as small: a writer of small records
+/// gets zero-filled space ahead of it, written in the background.
+pub const PREALLOC_BELOW: u64 = 64 << 10;
+/// When less than this much zero-filled space is left ahead of the writer,
+/// more is added.
+pub const PREALLOC_LOW: u64 = 256 << 10;
 /// Zero-filled space is added in steps of a quarter of the file, between
 /// these bounds, so a small vbucket's segment stays small.
 const PREALLOC_MIN: u64 = 64 << 10;
-const PREALLOC_MAX: u64 = 4 << 20;
+const PREALLOC_MAX: u64 = 1 << 20;
+
+/// A zero-fill of the space ahead of the writer, done in the background.
+#[derive(Debug, Default)]
+pub struct Prealloc {
+    state: std::sync::Mutex<PreallocState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PreallocState {
+    /// A fill of `[from, ..)` is running: the writer must not write at or
+    /// past `from` until it ends.
+    running_from: Option<u64>,
+    /// Zeros reach this far (durably).
+    zeroed_to: u64,
+}
+
+impl Prealloc {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PreallocState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How far zeros reach, waiting first for a running fill if a write up
+    /// to `end` would reach into it.
+    fn settled(&self, end: u64) -> u64 {
+        let mut g = self.lock();
+        while g.running_from.is_some_and(|f| end > f) {
+            g = self
+                .done
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        g.zeroed_to
+    }
+
+    /// Starts a fill from `from` unless one runs.
+    fn begin(&self, from: u64) -> bool {
+        let mut g = self.lock();
+        if g.running_from.is_some() {
+            return false;
+        }
+        g.running_from = Some(from);
+        true
+    }
+
+    fn end(&self, zeroed_to: Option<u64>) {
+        let mut g = self.lock();
+        g.running_from = None;
+        if let Some(z) = zeroed_to {
+            g.zeroed_to = g.zeroed_to.max(z);
+        }
+        drop(g);
+        self.done.notify_all();
+    }
+}
 
 /// What a record does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -997,6 +1056,10 @@ pub struct WalWriter {
     pub segment_bytes: u64,
     /// Whether records are synced.
     pub sync: bool,
+    /// The background zero-fill of this segment.
+    pub prealloc: Arc<Prealloc>,
+    /// Records appended lately were small (see [`PREALLOC_BELOW`]).
+    pub small_records: bool,
 }
 
 impl WalWriter {
@@ -1034,11 +1097,11 @@ impl WalWriter {
         }
         let start = self.pos;
         let end = start + rec.phys.len() as u64;
-        let mut zero_to = self.dirty_until.max(end);
-        if (rec.phys.len() as u64) < PREALLOC_BELOW && end > self.file_len {
-            let step = (self.file_len / 4).clamp(PREALLOC_MIN, PREALLOC_MAX);
-            zero_to = zero_to.max((end + step).next_multiple_of(BLOCK_SIZE));
-        }
+        self.small_records = (rec.phys.len() as u64) < PREALLOC_BELOW;
+        // Zeros added in the background count once they are durable; a
+        // record reaching into a fill that is still running waits for it.
+        self.file_len = self.file_len.max(self.prealloc.settled(end));
+        let zero_to = self.dirty_until.max(end);
         let f = self.seg.slot.get()?;
         let result = if zero_to > end {
             let mut buf = Vec::with_capacity((zero_to - start) as usize);
@@ -1072,6 +1135,39 @@ impl WalWriter {
     pub fn needs_roll(&self, rec: &SealedRecord) -> bool {
         self.pos > BLOCK_SIZE && self.pos + rec.phys.len() as u64 > self.segment_bytes
     }
+
+    /// Where a zero-fill ahead of the writer should go, when one is due:
+    /// small records are being written and less than [`PREALLOC_LOW`] of
+    /// zeros is left. Marks the fill running; the caller writes it (without
+    /// the writer's lock) and ends it with [`WalWriter::prealloc_done`].
+    pub fn prealloc_due(&mut self) -> Option<(Arc<Segment>, Arc<Prealloc>, u64, u64)> {
+        self.file_len = self.file_len.max(self.prealloc.lock().zeroed_to);
+        let room = self.file_len.saturating_sub(self.pos);
+        if !self.small_records || room >= PREALLOC_LOW || self.pos + PREALLOC_LOW > self.segment_bytes
+        {
+            return None;
+        }
+        let from = self.file_len.max(self.dirty_until).next_multiple_of(BLOCK_SIZE);
+        let step = (self.file_len / 4).clamp(PREALLOC_MIN, PREALLOC_MAX);
+        let to = (from + step).min(self.segment_bytes.max(from + PREALLOC_MIN));
+        if !self.prealloc.begin(from) {
+            return None;
+        }
+        Some((Arc::clone(&self.seg), Arc::clone(&self.prealloc), from, to))
+    }
+}
+
+/// Writes zeros over `[from, to)` of `seg` and syncs; ends the fill either
+/// way. Runs without the writer's lock: the writer does not touch that
+/// range until the fill ends.
+pub fn prealloc_fill(seg: &Segment, p: &Prealloc, from: u64, to: u64) -> StoreResult<()> {
+    let r = (|| {
+        let f = seg.slot.get()?;
+        f.write_at(&vec![0u8; (to - from) as usize], from)?;
+        f.sync()
+    })();
+    p.end(r.is_ok().then_some(to));
+    r
 }
 
 #[cfg(test)]
