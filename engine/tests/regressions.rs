@@ -1,0 +1,285 @@
+//! Issue 13: one regression test per numbered point (first written against
+//! the old API, to see each one fail on the old code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{key, open};
+use engine::{Backend, EngineError, WriteOptions};
+use kvstore_core::{CollectionId, DiskKey, VbState, Vbid};
+use kvstore_couchfile::{CouchConfig, FaultInjector};
+use std::sync::Arc;
+use std::time::Duration;
+
+const V0: Vbid = Vbid(0);
+const V1: Vbid = Vbid(1);
+
+fn durable() -> WriteOptions {
+    WriteOptions {
+        durable: true,
+        ..WriteOptions::default()
+    }
+}
+
+fn faulty() -> (Arc<FaultInjector>, Backend) {
+    let faults = FaultInjector::new();
+    let backend = Backend::Couchfile(CouchConfig {
+        faults: Some(faults.clone()),
+        ..CouchConfig::default()
+    });
+    (faults, backend)
+}
+
+/// Point 1: one failed write must not take the vbucket offline.
+#[test]
+fn failed_write_does_not_take_the_vbucket_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, backend) = faulty();
+    let o = open(dir.path(), backend.clone(), 0);
+    let e = &o.engine;
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.set(1, V0, &key("a"), "1", WriteOptions::default())
+        .unwrap();
+    e.flush().unwrap();
+    faults.fail_write_in(0);
+    e.set(1, V0, &key("b"), "2", WriteOptions::default())
+        .unwrap();
+    let err = e.flush().unwrap_err().to_string();
+    assert!(
+        !err.contains("sync"),
+        "a write error is not a sync error: {err}"
+    );
+    faults.clear();
+    // Reads and writes carry on.
+    assert_eq!(&e.get(V0, &key("a")).unwrap().value[..], b"1");
+    assert_eq!(&e.get(V0, &key("b")).unwrap().value[..], b"2");
+    e.set(1, V0, &key("c"), "3", WriteOptions::default())
+        .unwrap();
+    e.flush().unwrap();
+    drop(o);
+    let o = open(dir.path(), backend, 0);
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        assert_eq!(&o.engine.get(V0, &key(k)).unwrap().value[..], v.as_bytes());
+    }
+}
+
+/// Point 2: a failing vbucket's back-off must not occupy a flusher worker.
+#[test]
+fn a_failing_vbucket_does_not_hold_a_flusher_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, backend) = faulty();
+    let o = open(dir.path(), backend, 1);
+    let e = Arc::new(o.engine);
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.create_vbucket(V1, VbState::Active).unwrap();
+    faults.fail_sync_in(0);
+    assert!(matches!(
+        e.set(10, V0, &key("a"), "v", durable()),
+        Err(EngineError::WouldBlock)
+    ));
+    assert!(o.notes.wait(10).is_err(), "vb0's flush failed");
+    for i in 0..3u64 {
+        let c = 20 + i;
+        let k = key(&format!("k{i}"));
+        assert!(matches!(
+            e.set(c, V1, &k, "v", durable()),
+            Err(EngineError::WouldBlock)
+        ));
+        assert_eq!(o.notes.wait(c), Ok(()));
+        e.set(c, V1, &k, "v", durable()).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e2 = e.clone();
+    std::thread::spawn(move || {
+        e2.wait_for_flusher();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the flusher never went idle: vb0's back-off keeps a worker busy"
+    );
+    assert_eq!(e.vbucket_stats(V1).unwrap().flush_failures, 0);
+}
+
+/// Point 3: a released cookie's durable wait must not complete the next
+/// call made under the same cookie id.
+#[test]
+fn released_cookie_cannot_collect_another_calls_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = open(dir.path(), Backend::Memory, 0);
+    let e = &o.engine;
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.create_vbucket(V1, VbState::Active).unwrap();
+    assert!(matches!(
+        e.set(7, V0, &key("a"), "v0", durable()),
+        Err(EngineError::WouldBlock)
+    ));
+    e.release_cookie(7);
+    assert!(matches!(
+        e.set(7, V1, &key("b"), "v1", durable()),
+        Err(EngineError::WouldBlock)
+    ));
+    e.delete_vbucket(None, V0).unwrap();
+    e.wait_for_deletions();
+    e.flush().unwrap();
+    let r = e.set(7, V1, &key("b"), "v1", durable());
+    let r = r.expect("the vb1 call collects its own result");
+    assert_eq!(r.seqno.0, 1);
+    assert_eq!(&e.get(V1, &key("b")).unwrap().value[..], b"v1");
+}
+
+/// Point 4: a create that fails after the store exists (as a crash there
+/// would) must leave no Dead vbucket behind.
+#[test]
+fn failed_create_leaves_a_vbucket_that_can_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, backend) = faulty();
+    {
+        let o = open(dir.path(), backend.clone(), 0);
+        // Write 0 is the new file's header, write 1 the state commit.
+        faults.fail_write_in(1);
+        assert!(o.engine.create_vbucket(V0, VbState::Active).is_err());
+        faults.clear();
+    }
+    let o = open(dir.path(), backend, 0);
+    let e = &o.engine;
+    assert!(matches!(e.vbucket(V0), Err(EngineError::NotMyVbucket(_))));
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.set(1, V0, &key("a"), "v", WriteOptions::default())
+        .unwrap();
+}
+
+/// Point 4: a store with no committed state (a crash between creating the
+/// file and committing the state) is not a vbucket.
+#[test]
+fn a_store_without_state_is_not_a_vbucket() {
+    use kvstore_core::KvStore;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let kv = kvstore_couchfile::CouchStore::open(dir.path(), CouchConfig::default()).unwrap();
+        kv.create(V0).unwrap();
+    }
+    let o = open(dir.path(), Backend::Couchfile(CouchConfig::default()), 0);
+    let e = &o.engine;
+    assert!(matches!(e.vbucket(V0), Err(EngineError::NotMyVbucket(_))));
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.set(1, V0, &key("a"), "v", WriteOptions::default())
+        .unwrap();
+}
+
+fn manifest_json(uid: u64, colls: &[(&str, u32)]) -> String {
+    let mut cs = vec![r#"{"name":"_default","uid":"0"}"#.to_owned()];
+    cs.extend(
+        colls
+            .iter()
+            .map(|(n, id)| format!(r#"{{"name":"{n}","uid":"{id:x}"}}"#)),
+    );
+    format!(
+        r#"{{"uid":"{uid:x}","scopes":[{{"name":"_default","uid":"0","collections":[{}]}}]}}"#,
+        cs.join(",")
+    )
+}
+
+fn set_manifest(o: &common::Opened, cookie: u64, json: &str) -> Result<(), EngineError> {
+    match o.engine.set_collections(cookie, json.as_bytes()) {
+        Err(EngineError::WouldBlock) => {}
+        other => return other,
+    }
+    let _ = o.notes.wait(cookie);
+    o.engine.set_collections(cookie, json.as_bytes())
+}
+
+/// Point 5: the memory backend keeps nothing on disk, and needs no
+/// directory.
+#[test]
+fn memory_backend_keeps_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("never-created");
+    let o = open(&missing, Backend::Memory, 0);
+    o.engine.create_vbucket(V0, VbState::Active).unwrap();
+    set_manifest(&o, 100, &manifest_json(1, &[("fruit", 8)])).unwrap();
+    assert_eq!(o.engine.manifest().uid, 1);
+    assert!(!missing.exists(), "nothing was written");
+    drop(o);
+
+    let o = open(dir.path(), Backend::Memory, 0);
+    o.engine.create_vbucket(V0, VbState::Active).unwrap();
+    set_manifest(&o, 101, &manifest_json(1, &[("fruit", 8)])).unwrap();
+    o.engine.shutdown().unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file in the data directory"
+    );
+    let o = open(dir.path(), Backend::Memory, 0);
+    assert_eq!(o.engine.manifest().uid, 0, "nothing survives a restart");
+}
+
+/// Point 6: a vbucket delete whose durable mark fails reports the error,
+/// and the vbucket stays.
+#[test]
+fn vbucket_delete_whose_mark_fails_returns_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, backend) = faulty();
+    let o = open(dir.path(), backend, 0);
+    let e = &o.engine;
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.set(1, V0, &key("a"), "v", WriteOptions::default())
+        .unwrap();
+    e.flush().unwrap();
+    faults.fail_sync_in(0);
+    let r = e.delete_vbucket(None, V0);
+    assert!(matches!(r, Err(EngineError::Storage(_))), "{r:?}");
+    faults.clear();
+    assert_eq!(&e.get(V0, &key("a")).unwrap().value[..], b"v");
+    e.delete_vbucket(None, V0).unwrap();
+    assert!(matches!(e.vbucket(V0), Err(EngineError::NotMyVbucket(_))));
+}
+
+/// Point 7: applying a manifest carries on past a vbucket that refuses it.
+#[test]
+fn apply_manifest_carries_on_past_a_failing_vbucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let couch = || Backend::Couchfile(CouchConfig::default());
+    {
+        // A vbucket 0 that is at manifest uid 2 with other content.
+        let o = open(other.path(), couch(), 1);
+        o.engine.create_vbucket(V0, VbState::Active).unwrap();
+        set_manifest(&o, 200, &manifest_json(2, &[("veg", 9)])).unwrap();
+        o.engine.shutdown().unwrap();
+    }
+    {
+        let o = open(dir.path(), couch(), 1);
+        for v in 0..3 {
+            o.engine.create_vbucket(Vbid(v), VbState::Active).unwrap();
+        }
+        set_manifest(&o, 201, &manifest_json(1, &[("fruit", 8)])).unwrap();
+        o.engine.shutdown().unwrap();
+    }
+    std::fs::copy(other.path().join("0.couch.1"), dir.path().join("0.couch.9")).unwrap();
+    let o = open(dir.path(), couch(), 1);
+    let e = &o.engine;
+    assert_eq!(e.manifest().uid, 1);
+    let r = set_manifest(&o, 202, &manifest_json(2, &[("fruit", 8), ("nut", 10)]));
+    match r {
+        Err(EngineError::CannotApplyManifest(msg)) => assert!(msg.contains("vb:0"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        e.manifest().uid,
+        2,
+        "the persisted manifest is the current one"
+    );
+    let nut = DiskKey::new(CollectionId(10), b"k").unwrap();
+    for v in [Vbid(1), Vbid(2)] {
+        assert!(
+            e.vbucket_collections(v)
+                .unwrap()
+                .collection(CollectionId(10))
+                .is_some(),
+            "{v} was updated"
+        );
+        e.set(1, v, &nut, "v", WriteOptions::default()).unwrap();
+    }
+}
