@@ -428,7 +428,10 @@ pub trait KvStore: Send + Sync {
     fn create(&self, vbid: Vbid) -> StoreResult<Arc<dyn VbStore>>;
 
     /// Opens an existing revision. Opening a revision that is already open
-    /// returns the same handle.
+    /// returns the same handle, unless that handle is poisoned: then a fresh
+    /// handle on what is durable is returned (the poisoned one stays
+    /// poisoned for whoever still holds it). This is how a caller recovers
+    /// from a failed sync without reopening the whole backend.
     fn open(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<dyn VbStore>>;
 
     /// Makes the coming deletion of this revision durable, without

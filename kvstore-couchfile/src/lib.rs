@@ -60,10 +60,13 @@
 //! tail is cut off when the file is next opened for writing, before anything
 //! is appended, so a torn commit never ends up followed by valid data.
 //!
-//! A failed write or sync **poisons** the handle: every later call fails with
-//! [`kvstore_core::StoreError::Poisoned`] until the store is reopened, because
-//! after a failed `fsync` the kernel may have dropped the dirty pages (upstream
-//! MB-42224), and only a reopen re-reads what really is on disk.
+//! A failed sync **poisons** the handle: every later call fails with
+//! [`kvstore_core::StoreError::Poisoned`] until the revision is opened again
+//! (`open` then gives a fresh handle), because after a failed `fsync` the
+//! kernel may have dropped the dirty pages (upstream MB-42224), and only a
+//! reopen re-reads what really is on disk. A failed write does not poison:
+//! nothing of it was published, the file is cut back to the last commit, and
+//! the next commit is written there again.
 //!
 //! # Rollback, compaction, revisions
 //!

@@ -239,14 +239,15 @@ impl CouchStore {
 
     /// Opens a revision as the concrete handle type.
     pub fn open_couch(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<CouchVb>> {
-        if let Some(h) = self
-            .shared
-            .live_handles(vbid)
-            .into_iter()
-            .find(|h| h.revision() == revision && !h.deleted.load(Ordering::SeqCst))
-        {
+        if let Some(h) = self.shared.live_handles(vbid).into_iter().find(|h| {
+            h.revision() == revision
+                && !h.deleted.load(Ordering::SeqCst)
+                && !h.is_poisoned.load(Ordering::Acquire)
+        }) {
             return Ok(h);
         }
+        // No usable handle: a poisoned one is left to its holders, and a
+        // fresh one is read from what is durable on disk.
         let path = self.shared.path(vbid, revision);
         if !path.exists() {
             return Err(StoreError::NoSuchRevision { vbid, revision });
@@ -388,7 +389,15 @@ impl KvStore for CouchStore {
             Err(e) => return Err(StoreError::io("rename", &path, e)),
         }
         // Open handles keep their descriptor; the name no longer matters.
-        sync_dir(&self.shared.io, &self.shared.dir)
+        if let Err(e) = sync_dir(&self.shared.io, &self.shared.dir) {
+            // Not durable: undo the rename, so the caller's "the vbucket
+            // stays" holds and a restart does not remove it.
+            if let Err(undo) = fs::rename(&marked, &path) {
+                tracing::error!(file = %marked.display(), error = %undo, "could not undo a deletion mark");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn destroy(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {
@@ -549,7 +558,10 @@ impl CouchVb {
     }
 
     /// Writes `out` at its base, syncs, and publishes `header` as the new
-    /// committed state. Any failure poisons the handle.
+    /// committed state. A failed sync poisons the handle (the kernel may
+    /// have dropped the dirty pages). A failed write does not: nothing of
+    /// it was published, the file is cut back to the committed end, and
+    /// the next commit writes there again.
     pub(crate) fn land(
         &self,
         w: &mut WriterState,
@@ -557,10 +569,12 @@ impl CouchVb {
         header: Header,
         nodes: WrittenNodes,
     ) -> StoreResult<()> {
-        w.file
-            .io()
-            .write_at(out.bytes(), out.base())
-            .map_err(|e| self.poison(e))?;
+        if let Err(e) = w.file.io().write_at(out.bytes(), out.base()) {
+            if let Err(t) = w.file.io().truncate(w.end) {
+                tracing::warn!(vbid = %self.vbid, error = %t, "could not cut a failed write back");
+            }
+            return Err(e);
+        }
         if self.shared.config.sync {
             w.file.io().sync().map_err(|e| self.poison(e))?;
         }

@@ -131,9 +131,26 @@ fn run_with_failure(point: Point, n: u64) -> bool {
     if let Some((what, e)) = &failed {
         assert!(fired, "{what} failed without an injected fault: {e}");
         if *what != "compact" {
-            // A failed write or sync of the live file poisons the handle.
-            let again = vb.get(&common::key("b0-0")).unwrap_err();
-            assert!(again.is_poisoned(), "{point:?} {n}: after {what}: {again}");
+            match point {
+                // A failed sync of the live file poisons the handle.
+                Point::Sync => {
+                    let again = vb.get(&common::key("b0-0")).unwrap_err();
+                    assert!(again.is_poisoned(), "{point:?} {n}: after {what}: {again}");
+                }
+                // A failed write does not: the handle reads on, and the
+                // next commit is written where the failed one was.
+                Point::Write => {
+                    assert!(
+                        vb.get(&common::key("b0-0")).unwrap().is_some(),
+                        "{point:?} {n}: after {what}"
+                    );
+                    if *what == "commit" {
+                        vb.commit(common::batch(acked + 1))
+                            .unwrap_or_else(|e| panic!("{point:?} {n}: commit again: {e}"));
+                        acked += 1;
+                    }
+                }
+            }
         }
     }
     drop(vb);

@@ -1288,6 +1288,22 @@ pub fn c7_failed_sync_poisons_until_reopen(f: &dyn StoreFactory) {
         .unwrap_err();
     assert!(err.is_poisoned(), "{err}");
     let rev = vb.revision();
+    // Opening the revision again, without reopening the backend, gives a
+    // fresh handle on what is durable; the poisoned one stays poisoned.
+    let fresh = h.store().open(Vbid(0), rev).unwrap();
+    assert!(
+        !Arc::ptr_eq(&vb, &fresh),
+        "a poisoned handle is not handed out"
+    );
+    assert!(vb.get(&key("a")).unwrap_err().is_poisoned());
+    assert!(fresh.get(&key("a")).unwrap().is_some());
+    let fb = fresh.get(&key("b")).unwrap().is_some();
+    assert_eq!(
+        fb,
+        fresh.get(&key("c")).unwrap().is_some(),
+        "all or nothing"
+    );
+    drop(fresh);
     drop(vb);
     h.reopen();
     let vb = h.store().open(Vbid(0), rev).unwrap();
