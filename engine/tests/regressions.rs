@@ -38,12 +38,10 @@ fn failed_write_does_not_take_the_vbucket_offline() {
     let o = open(dir.path(), backend.clone(), 0);
     let e = &o.engine;
     e.create_vbucket(V0, VbState::Active).unwrap();
-    e.set(1, V0, &key("a"), "1", WriteOptions::default())
-        .unwrap();
+    e.set(V0, &key("a"), "1", WriteOptions::default()).unwrap();
     e.flush().unwrap();
     faults.fail_write_in(0);
-    e.set(1, V0, &key("b"), "2", WriteOptions::default())
-        .unwrap();
+    e.set(V0, &key("b"), "2", WriteOptions::default()).unwrap();
     let err = e.flush().unwrap_err().to_string();
     assert!(
         !err.contains("sync"),
@@ -53,8 +51,7 @@ fn failed_write_does_not_take_the_vbucket_offline() {
     // Reads and writes carry on.
     assert_eq!(&e.get(V0, &key("a")).unwrap().value[..], b"1");
     assert_eq!(&e.get(V0, &key("b")).unwrap().value[..], b"2");
-    e.set(1, V0, &key("c"), "3", WriteOptions::default())
-        .unwrap();
+    e.set(V0, &key("c"), "3", WriteOptions::default()).unwrap();
     e.flush().unwrap();
     drop(o);
     let o = open(dir.path(), backend, 0);
@@ -74,7 +71,7 @@ fn a_failing_vbucket_does_not_hold_a_flusher_worker() {
     e.create_vbucket(V1, VbState::Active).unwrap();
     faults.fail_sync_in(0);
     assert!(matches!(
-        e.set(10, V0, &key("a"), "v", durable()),
+        e.cookie(10).set(V0, &key("a"), "v", durable()),
         Err(EngineError::WouldBlock)
     ));
     assert!(o.notes.wait(10).is_err(), "vb0's flush failed");
@@ -82,11 +79,11 @@ fn a_failing_vbucket_does_not_hold_a_flusher_worker() {
         let c = 20 + i;
         let k = key(&format!("k{i}"));
         assert!(matches!(
-            e.set(c, V1, &k, "v", durable()),
+            e.cookie(c).set(V1, &k, "v", durable()),
             Err(EngineError::WouldBlock)
         ));
         assert_eq!(o.notes.wait(c), Ok(()));
-        e.set(c, V1, &k, "v", durable()).unwrap();
+        e.cookie(c).set(V1, &k, "v", durable()).unwrap();
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let e2 = e.clone();
@@ -111,18 +108,18 @@ fn released_cookie_cannot_collect_another_calls_result() {
     e.create_vbucket(V0, VbState::Active).unwrap();
     e.create_vbucket(V1, VbState::Active).unwrap();
     assert!(matches!(
-        e.set(7, V0, &key("a"), "v0", durable()),
+        e.cookie(7).set(V0, &key("a"), "v0", durable()),
         Err(EngineError::WouldBlock)
     ));
     e.release_cookie(7);
     assert!(matches!(
-        e.set(7, V1, &key("b"), "v1", durable()),
+        e.cookie(7).set(V1, &key("b"), "v1", durable()),
         Err(EngineError::WouldBlock)
     ));
-    e.delete_vbucket(None, V0).unwrap();
+    e.delete_vbucket(V0).unwrap();
     e.wait_for_deletions();
     e.flush().unwrap();
-    let r = e.set(7, V1, &key("b"), "v1", durable());
+    let r = e.cookie(7).set(V1, &key("b"), "v1", durable());
     let r = r.expect("the vb1 call collects its own result");
     assert_eq!(r.seqno.0, 1);
     assert_eq!(&e.get(V1, &key("b")).unwrap().value[..], b"v1");
@@ -145,8 +142,7 @@ fn failed_create_leaves_a_vbucket_that_can_be_created() {
     let e = &o.engine;
     assert!(matches!(e.vbucket(V0), Err(EngineError::NotMyVbucket(_))));
     e.create_vbucket(V0, VbState::Active).unwrap();
-    e.set(1, V0, &key("a"), "v", WriteOptions::default())
-        .unwrap();
+    e.set(V0, &key("a"), "v", WriteOptions::default()).unwrap();
 }
 
 /// Point 4: a store with no committed state (a crash between creating the
@@ -163,8 +159,7 @@ fn a_store_without_state_is_not_a_vbucket() {
     let e = &o.engine;
     assert!(matches!(e.vbucket(V0), Err(EngineError::NotMyVbucket(_))));
     e.create_vbucket(V0, VbState::Active).unwrap();
-    e.set(1, V0, &key("a"), "v", WriteOptions::default())
-        .unwrap();
+    e.set(V0, &key("a"), "v", WriteOptions::default()).unwrap();
 }
 
 fn manifest_json(uid: u64, colls: &[(&str, u32)]) -> String {
@@ -181,12 +176,12 @@ fn manifest_json(uid: u64, colls: &[(&str, u32)]) -> String {
 }
 
 fn set_manifest(o: &common::Opened, cookie: u64, json: &str) -> Result<(), EngineError> {
-    match o.engine.set_collections(cookie, json.as_bytes()) {
+    match o.engine.cookie(cookie).set_collections(json.as_bytes()) {
         Err(EngineError::WouldBlock) => {}
         other => return other,
     }
     let _ = o.notes.wait(cookie);
-    o.engine.set_collections(cookie, json.as_bytes())
+    o.engine.cookie(cookie).set_collections(json.as_bytes())
 }
 
 /// Point 5: the memory backend keeps nothing on disk, and needs no
@@ -224,15 +219,14 @@ fn vbucket_delete_whose_mark_fails_returns_the_error() {
     let o = open(dir.path(), backend, 0);
     let e = &o.engine;
     e.create_vbucket(V0, VbState::Active).unwrap();
-    e.set(1, V0, &key("a"), "v", WriteOptions::default())
-        .unwrap();
+    e.set(V0, &key("a"), "v", WriteOptions::default()).unwrap();
     e.flush().unwrap();
     faults.fail_sync_in(0);
-    let r = e.delete_vbucket(None, V0);
+    let r = e.delete_vbucket(V0);
     assert!(matches!(r, Err(EngineError::Storage(_))), "{r:?}");
     faults.clear();
     assert_eq!(&e.get(V0, &key("a")).unwrap().value[..], b"v");
-    e.delete_vbucket(None, V0).unwrap();
+    e.delete_vbucket(V0).unwrap();
     assert!(matches!(e.vbucket(V0), Err(EngineError::NotMyVbucket(_))));
 }
 
@@ -280,6 +274,6 @@ fn apply_manifest_carries_on_past_a_failing_vbucket() {
                 .is_some(),
             "{v} was updated"
         );
-        e.set(1, v, &nut, "v", WriteOptions::default()).unwrap();
+        e.set(v, &nut, "v", WriteOptions::default()).unwrap();
     }
 }

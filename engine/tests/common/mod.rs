@@ -121,7 +121,7 @@ pub fn open_with(
     cfg.vbuckets = 16;
     cfg.clock = clock.clone();
     tweak(&mut cfg);
-    let engine = Engine::open(cfg, notes.clone()).unwrap();
+    let engine = Engine::open_with_notifier(cfg, notes.clone()).unwrap();
     Opened {
         engine,
         notes,
