@@ -92,6 +92,32 @@ impl<T> Pending<T> {
     }
 }
 
+impl<T> Pending<T> {
+    /// Blocks until the result is there or `timeout` passes; on timeout the
+    /// pending call is handed back, still waiting.
+    #[cfg(not(loom))]
+    pub fn wait_timeout(mut self, timeout: std::time::Duration) -> Result<EngineResult<T>, Self> {
+        match &mut self.inner {
+            Inner::Ready(r) => Ok(r.take().unwrap_or(Err(EngineError::InvalidArguments(
+                "the result was already taken".into(),
+            )))),
+            Inner::Waiting {
+                mailbox,
+                owner,
+                shared,
+                finish,
+                done,
+            } => match mailbox.wait_timeout(timeout) {
+                Some(outcome) => {
+                    *done = true;
+                    Ok(outcome.and_then(|o| finish(shared, *owner, o)))
+                }
+                None => Err(self),
+            },
+        }
+    }
+}
+
 impl<T> Unpin for Pending<T> {}
 
 impl<T> Future for Pending<T> {

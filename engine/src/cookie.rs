@@ -181,6 +181,30 @@ impl Mailbox {
         }
     }
 
+    /// Like [`Mailbox::wait`], giving up after `timeout`.
+    #[cfg(not(loom))]
+    pub(crate) fn wait_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<EngineResult<Outcome>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(r) = s.result.take() {
+                return Some(r);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            s = self
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Takes the result if it is there; otherwise keeps `waker` to wake.
     pub(crate) fn poll(&self, waker: &Waker) -> Option<EngineResult<Outcome>> {
         let mut s = lock(&self.state);

@@ -162,8 +162,10 @@ pub struct EngineStats {
     pub disk_bytes: u64,
     /// Vbucket deletions waiting for their last guard or running.
     pub pending_deletions: usize,
-    /// Cookies with parked state.
+    /// Calls with parked state (client cookies and Rust callers waiting).
     pub cookies: usize,
+    /// A collections manifest update is in flight.
+    pub collections_update_in_flight: bool,
 }
 
 /// The dirty-item memory budget.
@@ -210,6 +212,11 @@ pub(crate) struct Shared {
     manifest_store: ManifestStore,
     /// The collections update state machine.
     pub(crate) updates: UpdateMachine<Owner>,
+    /// Held from the moment the machine hands a persisted manifest over
+    /// until it is applied, and while a new update is validated and
+    /// started: so a new update is never checked against the manifest
+    /// before the one just persisted (the machine is idle in between).
+    manifest_lock: Mutex<()>,
     shutting_down: AtomicBool,
     uuid_seed: AtomicU64,
     /// The vbuckets warmup found, with their states.
@@ -482,6 +489,7 @@ impl Engine {
             manifest: Mutex::new(Arc::new(manifest)),
             manifest_store,
             updates: UpdateMachine::new(),
+            manifest_lock: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             uuid_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             warmed_up,
@@ -1019,6 +1027,7 @@ impl Engine {
         }
         let next =
             Manifest::from_json(json).map_err(|e| EngineError::InvalidArguments(e.to_string()))?;
+        let serial = lock(&self.shared.manifest_lock);
         let current = self.shared.current_manifest();
         current
             .check_successor(&next)
@@ -1029,7 +1038,7 @@ impl Engine {
         let next = Arc::new(next);
         let owner = via.owner();
         match self.shared.updates.start(owner, Arc::clone(&next)) {
-            Start::Started => {}
+            Start::Started => drop(serial),
             Start::AlreadyInFlight => return Err(EngineError::WouldBlock),
             Start::Busy { .. } => {
                 return Err(EngineError::Busy(
@@ -1058,7 +1067,18 @@ impl Engine {
             if let Err(e) = &result {
                 tracing::error!(error = %e, uid = next.uid, "persisting the collections manifest failed");
             }
-            match shared.updates.finished(owner, result.is_ok()) {
+            let finished = {
+                let _serial = lock(&shared.manifest_lock);
+                let f = shared.updates.finished(owner, result.is_ok());
+                if let Finished::ApplyOrphan(m) = &f
+                    && let Err(e) = apply_manifest(&shared, m)
+                {
+                    tracing::error!(error = %e, "applying an orphaned manifest failed");
+                }
+                f
+            };
+            // Outside the lock: a client's notifier may re-issue at once.
+            match finished {
                 Finished::NotifySuccess => {
                     shared.cookies.complete(ticket, |_| Ok(Outcome::Done));
                 }
@@ -1070,16 +1090,12 @@ impl Engine {
                         )))
                     });
                 }
-                Finished::ApplyOrphan(m) => {
-                    if let Err(e) = apply_manifest(&shared, &m) {
-                        tracing::error!(error = %e, "applying an orphaned manifest failed");
-                    }
-                }
-                Finished::DropOrphan | Finished::Stale => {}
+                Finished::ApplyOrphan(_) | Finished::DropOrphan | Finished::Stale => {}
             }
         });
         Ok(Step::Parked)
     }
+
     /// The bucket's current collections manifest.
     #[must_use]
     pub fn manifest(&self) -> Arc<Manifest> {
@@ -1207,6 +1223,10 @@ impl Engine {
             pending_deletions: self.shared.deleter.pending(),
             cookies: self.shared.cookies.len(),
             backing_off: self.shared.flusher.delayed(),
+            collections_update_in_flight: {
+                let _serial = lock(&self.shared.manifest_lock);
+                self.shared.updates.in_flight().is_some()
+            },
             ..EngineStats::default()
         };
         for vb in self.shared.map.guards() {
@@ -1280,6 +1300,7 @@ pub(crate) fn outcome_mutation(o: Outcome) -> EngineResult<MutationResult> {
 
 /// A manifest update of `owner` was persisted: apply it now.
 pub(crate) fn finish_manifest(shared: &Arc<Shared>, owner: Owner) -> EngineResult<()> {
+    let _serial = lock(&shared.manifest_lock);
     match shared.updates.take(owner) {
         Some(m) => apply_manifest(shared, &m),
         None => Ok(()),
@@ -1292,6 +1313,7 @@ pub(crate) fn release_owner(shared: &Arc<Shared>, owner: Owner) {
     if shared.cookies.release_owner(owner) {
         tracing::debug!(?owner, "released the state of a departed caller");
     }
+    let _serial = lock(&shared.manifest_lock);
     if let Some(m) = shared.updates.disconnect(owner)
         && let Err(e) = apply_manifest(shared, &m)
     {

@@ -277,3 +277,99 @@ fn apply_manifest_carries_on_past_a_failing_vbucket() {
         e.set(v, &nut, "v", WriteOptions::default()).unwrap();
     }
 }
+
+/// Point 2, with a fault that lasts: while vb0 waits out a long back-off,
+/// the one flusher worker keeps persisting vb1, vb0 is not retried before
+/// its time, and vb1 never shares vb0's back-off. Once the fault clears,
+/// vb0 persists everything it kept.
+#[test]
+fn a_vbucket_in_back_off_does_not_delay_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let couch = kvstore_couchfile::CouchStore::open(dir.path(), CouchConfig::default()).unwrap();
+    let faulty = common::FaultyKv::new(Arc::new(couch));
+    let o = common::open_with(dir.path(), Backend::Custom(faulty.clone()), |c| {
+        c.flusher_threads = 1;
+        // Far longer than the test: vb0 must not be retried meanwhile.
+        c.flush_retry_min = Duration::from_secs(3600);
+        c.flush_retry_max = Duration::from_secs(3600);
+    });
+    let e = Arc::new(o.engine);
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    e.create_vbucket(V1, VbState::Active).unwrap();
+    faulty.set_failing(V0, true);
+    let r = e.set_durable(V0, &key("a"), "v", WriteOptions::default());
+    assert!(matches!(r, Err(EngineError::TemporaryFailure(_))), "{r:?}");
+    for i in 0..20 {
+        let pending = e.set_async(V1, &key(&format!("k{i}")), "v", durable());
+        match pending.wait_timeout(Duration::from_secs(30)) {
+            Ok(r) => {
+                r.unwrap();
+            }
+            Err(_) => panic!("vb1's durable write {i} waits behind vb0's back-off"),
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e2 = e.clone();
+    std::thread::spawn(move || {
+        e2.wait_for_flusher();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the flusher never went idle while vb0 backs off"
+    );
+    let s0 = e.vbucket_stats(V0).unwrap();
+    assert_eq!(
+        s0.flush_failures, 1,
+        "vb0 was retried before its back-off ended"
+    );
+    assert!(
+        matches!(&s0.health, engine::VbHealth::Failing { consecutive_failures: 1, retry_in, .. } if *retry_in > Duration::from_secs(60)),
+        "{:?}",
+        s0.health
+    );
+    assert_eq!(e.stats().backing_off, 1);
+    assert_eq!(e.stats().failing_vbuckets, 1);
+    let s1 = e.vbucket_stats(V1).unwrap();
+    assert_eq!((s1.flush_failures, s1.flush_retries), (0, 0));
+    assert_eq!(s1.health, engine::VbHealth::Healthy);
+    assert_eq!(s1.persisted_seqno.0, 20);
+    // vb0 keeps its write; once the disk has room, it goes out.
+    assert_eq!(&e.get(V0, &key("a")).unwrap().value[..], b"v");
+    faulty.set_failing(V0, false);
+    e.flush().unwrap();
+    let s0 = e.vbucket_stats(V0).unwrap();
+    assert_eq!(s0.persisted_seqno, s0.high_seqno);
+    assert_eq!(s0.health, engine::VbHealth::Healthy);
+}
+
+/// Point 3, the other half: a released cookie's persistence wait cannot
+/// complete a manifest update parked later under the same id.
+#[test]
+fn released_cookie_cannot_complete_a_later_manifest_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = open(dir.path(), Backend::Memory, 0);
+    let e = &o.engine;
+    e.create_vbucket(V0, VbState::Active).unwrap();
+    assert!(matches!(
+        e.cookie(7).set(V0, &key("a"), "v0", durable()),
+        Err(EngineError::WouldBlock)
+    ));
+    e.release_cookie(7);
+    let m = manifest_json(1, &[("fruit", 8)]);
+    assert!(matches!(
+        e.cookie(7).set_collections(m.as_bytes()),
+        Err(EngineError::WouldBlock)
+    ));
+    // The flush persists vb0's write; its old waiter must not touch cookie 7.
+    e.flush().unwrap();
+    let _ = o.notes.wait(7);
+    e.cookie(7).set_collections(m.as_bytes()).unwrap();
+    assert_eq!(e.manifest().uid, 1, "the manifest was applied, not skipped");
+    assert!(
+        e.vbucket_collections(V0)
+            .unwrap()
+            .collection(CollectionId(8))
+            .is_some()
+    );
+}
