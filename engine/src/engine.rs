@@ -606,7 +606,7 @@ impl Engine {
         };
         let doc = match doc {
             Some(doc) => Some(doc),
-            None => vb.store().get(key)?,
+            None => vb.read_store(|s| s.get(key))?,
         };
         let Some(doc) = doc.filter(|d| !d.is_deleted()) else {
             return Err(EngineError::KeyNotFound);

@@ -135,7 +135,7 @@ impl Flusher {
 /// Queues a flush of `vb` unless one is queued already (or it waits out a
 /// back-off: the timer queues it then).
 pub(crate) fn schedule(shared: &Arc<Shared>, vb: &VBucket) {
-    if vb.flush_scheduled.swap(true, Ordering::AcqRel) {
+    if vb.flush_scheduled.swap(true, Ordering::SeqCst) {
         return;
     }
     spawn(shared, vb.vbid());
@@ -152,8 +152,7 @@ fn spawn(shared: &Arc<Shared>, vbid: Vbid) {
         let s = Arc::clone(shared);
         pool.spawn(move || {
             if let Ok(vb) = s.map.get(vbid) {
-                let outcome = flush_vbucket(&vb, &s);
-                after_flush(&s, &vb, &outcome);
+                run_task(&s, &vb);
             }
             let mut st = lock(&s.flusher.state);
             st.pending -= 1;
@@ -165,6 +164,28 @@ fn spawn(shared: &Arc<Shared>, vbid: Vbid) {
     {
         let _ = (shared, vbid);
     }
+}
+
+/// One pool task: flushes `vb` unless a flush of it is running. A worker
+/// never waits for another flush of the same vbucket (that would take a
+/// worker from the other vbuckets): it leaves the work to the running
+/// flush, which schedules one more when it is done.
+#[cfg(not(loom))]
+fn run_task(shared: &Arc<Shared>, vb: &VBucket) {
+    let guard = match crate::sync::try_lock(&vb.flush_lock) {
+        Some(g) => g,
+        None => {
+            vb.flush_again.store(true, Ordering::SeqCst);
+            // The holder may have finished (and looked at the flag) since.
+            match crate::sync::try_lock(&vb.flush_lock) {
+                Some(g) => g,
+                None => return,
+            }
+        }
+    };
+    let outcome = flush_locked(vb, shared);
+    drop(guard);
+    after_flush(shared, vb, &outcome);
 }
 
 /// The timer: hands vbuckets whose back-off ended to the pool. It is the
@@ -216,8 +237,9 @@ pub(crate) fn after_flush(shared: &Arc<Shared>, vb: &VBucket, outcome: &Flushed)
             h.error = Some(msg.clone());
             drop(h);
             // Scheduled until the retry runs: new writes do not bring it
-            // forward.
-            vb.flush_scheduled.store(true, Ordering::Release);
+            // forward, and the retry flushes them too.
+            vb.flush_scheduled.store(true, Ordering::SeqCst);
+            vb.flush_again.store(false, Ordering::SeqCst);
             if shared.flusher.has_pool() {
                 shared.flusher.delay(at, vb.vbid());
             }
@@ -229,6 +251,12 @@ pub(crate) fn after_flush(shared: &Arc<Shared>, vb: &VBucket, outcome: &Flushed)
             h.consecutive = 0;
             h.retry_at = None;
             h.error = None;
+            drop(h);
+            // A task left its work to this flush: flush once more.
+            if vb.flush_again.swap(false, Ordering::SeqCst) {
+                vb.flush_scheduled.store(false, Ordering::SeqCst);
+                schedule(shared, vb);
+            }
         }
     }
 }
@@ -256,10 +284,16 @@ fn reopen(vb: &VBucket) -> StoreResult<()> {
     Ok(())
 }
 
-/// Flushes one vbucket now, in the calling thread.
+/// Flushes one vbucket now, in the calling thread (waiting for a flush of
+/// it in progress).
 pub(crate) fn flush_vbucket(vb: &VBucket, shared: &Shared) -> Flushed {
     let _one_at_a_time = lock(&vb.flush_lock);
-    vb.flush_scheduled.store(false, Ordering::Release);
+    flush_locked(vb, shared)
+}
+
+/// Flushes one vbucket; the caller holds its flush lock.
+fn flush_locked(vb: &VBucket, shared: &Shared) -> Flushed {
+    vb.flush_scheduled.store(false, Ordering::SeqCst);
     let failing = {
         let h = lock(&vb.health);
         (h.error.is_some(), h.reopen)
@@ -356,7 +390,13 @@ pub(crate) fn flush_vbucket(vb: &VBucket, shared: &Shared) -> Flushed {
                 d.flush_error = Some(msg.clone());
                 released
             };
-            lock(&vb.health).reopen = true;
+            // Reopen at once (still under the flush lock), so reads do not
+            // meet a poisoned handle for the whole back-off; if that fails
+            // too, the next attempt tries again.
+            if let Err(e) = reopen(vb) {
+                tracing::warn!(vbid = %vb.vbid(), error = %e, "reopening the store failed; retried with the flush");
+                lock(&vb.health).reopen = true;
+            }
             let waiters = max_seqno.map_or_else(Vec::new, |s| vb.waiters.take_persisted(s));
             shared.memory.release(released);
             vb.counters.failures.fetch_add(1, Ordering::Relaxed);

@@ -160,6 +160,9 @@ pub struct VBucket {
     /// Held for a whole flush: one flush of a vbucket at a time.
     pub(crate) flush_lock: Mutex<()>,
     pub(crate) flush_scheduled: AtomicBool,
+    /// A flush task found the flush lock taken and left its work to the
+    /// holder, which schedules another flush when it is done.
+    pub(crate) flush_again: AtomicBool,
     persisted: AtomicU64,
     /// Tickets parked on this incarnation.
     pub(crate) waiters: Arc<WaiterList>,
@@ -199,6 +202,7 @@ impl VBucket {
             data: Mutex::new(data),
             flush_lock: Mutex::new(()),
             flush_scheduled: AtomicBool::new(false),
+            flush_again: AtomicBool::new(false),
             persisted: AtomicU64::new(persisted.0),
             waiters: Arc::new(WaiterList::default()),
             counters: FlushCounters::default(),
@@ -259,6 +263,24 @@ impl VBucket {
     /// Puts a reopened handle in place of a failed one.
     pub(crate) fn replace_store(&self, store: std::sync::Arc<dyn VbStore>) {
         *lock(&self.store) = store;
+    }
+
+    /// Reads through the store. A read that meets a poisoned handle waits
+    /// for the flush in progress (which reopens the store after the failed
+    /// sync that poisoned it) and is tried once more on the handle then in
+    /// place. Memory holds every item not yet durable, so what a fresh
+    /// handle shows is never newer than what the engine serves.
+    pub(crate) fn read_store<T>(
+        &self,
+        read: impl Fn(&dyn VbStore) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        match read(&*self.store()) {
+            Err(e) if e.is_poisoned() => {
+                drop(lock(&self.flush_lock));
+                read(&*self.store())
+            }
+            r => r,
+        }
     }
 
     /// The backend.
@@ -333,7 +355,7 @@ impl VBucket {
             }
             let generation = d.flush_gen;
             drop(d);
-            let disk = self.store().get(key)?;
+            let disk = self.read_store(|s| s.get(key))?;
             let d = lock(&self.data);
             if d.flush_gen == generation {
                 if let Some(doc) = d.memory(key) {
