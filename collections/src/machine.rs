@@ -114,6 +114,11 @@ impl<C: Copy + PartialEq> UpdateMachine<C> {
                 };
                 Start::Started
             }
+            State::Persisting {
+                cookie: c,
+                orphaned: true,
+                ..
+            } => Start::Busy { holder: *c },
             State::Persisting { cookie: c, .. } | State::Persisted { cookie: c, .. } => {
                 if *c == cookie {
                     Start::AlreadyInFlight
@@ -233,8 +238,10 @@ mod tests {
         assert_eq!(u.in_flight(), None);
         assert_eq!(u.take(2), None, "a failed update is never resumed");
         assert_eq!(u.start(3, m.clone()), Start::Started);
-        // Disconnect while persisting, then success: apply anyway.
+        // Disconnect while persisting, then success: apply anyway. The
+        // departed cookie's id, reused meanwhile, is busy like any other.
         assert_eq!(u.disconnect(3), None);
+        assert_eq!(u.start(3, m.clone()), Start::Busy { holder: 3 });
         assert!(matches!(u.finished(3, true), Finished::ApplyOrphan(_)));
         assert_eq!(u.in_flight(), None);
         // Disconnect after success: apply now.

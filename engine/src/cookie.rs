@@ -486,3 +486,53 @@ impl CookieTable {
         self.len() == 0
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn persist(vbid: u16, seqno: u64) -> Waiting {
+        Waiting::Persist {
+            vbid: Vbid(vbid),
+            seqno: Seqno(seqno),
+            result: MutationResult {
+                cas: Cas(seqno),
+                seqno: Seqno(seqno),
+                vbucket_uuid: 0,
+            },
+        }
+    }
+
+    /// A ticket of an earlier parking of a cookie id (released, then the
+    /// id reused) completes nothing, even where no waiter list could drop
+    /// it (a deletion job holds it, say).
+    #[test]
+    fn a_stale_ticket_completes_nothing() {
+        let t = CookieTable::new(std::sync::Arc::new(NoNotify));
+        let old = t.park(7, persist(0, 1)).unwrap();
+        assert!(t.release(7));
+        let new = t.park(7, persist(1, 1)).unwrap();
+        assert!(
+            !t.complete(old, |_| Err(EngineError::NotMyVbucket(Vbid(0)))),
+            "a stale ticket completed the new call"
+        );
+        assert!(matches!(
+            t.collect(7, WaitKind::Persist),
+            Some(Err(EngineError::WouldBlock))
+        ));
+        assert!(t.complete(new, |w| match w {
+            Waiting::Persist { result, .. } => Ok(Outcome::Mutation(*result)),
+            _ => Ok(Outcome::Done),
+        }));
+        // A re-issued call of another kind does not take the result.
+        assert!(matches!(
+            t.collect(7, WaitKind::Manifest),
+            Some(Err(EngineError::InvalidArguments(_)))
+        ));
+        assert!(matches!(
+            t.collect(7, WaitKind::Persist),
+            Some(Ok(Outcome::Mutation(_)))
+        ));
+        assert!(t.is_empty());
+    }
+}

@@ -373,3 +373,43 @@ fn released_cookie_cannot_complete_a_later_manifest_update() {
             .is_some()
     );
 }
+
+/// Point 3, the manifest machine: a cookie leaves while its manifest is
+/// persisted and its id is reused for another update at once. That call
+/// must not be told "still in flight" with nothing parked for it (it would
+/// never hear back): it is `Busy`, or, once the orphaned update is done,
+/// it starts (and is then told).
+#[test]
+fn a_reused_cookie_id_is_not_told_a_departed_update_is_its_own() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path(), Backend::Couchfile(CouchConfig::default()), 0);
+        let e = &o.engine;
+        e.create_vbucket(V0, VbState::Active).unwrap();
+        let m1 = manifest_json(1, &[("fruit", 8)]);
+        let m2 = manifest_json(2, &[("fruit", 8), ("veg", 9)]);
+        assert!(matches!(
+            e.cookie(7).set_collections(m1.as_bytes()),
+            Err(EngineError::WouldBlock)
+        ));
+        e.release_cookie(7);
+        match e.cookie(7).set_collections(m2.as_bytes()) {
+            Err(EngineError::Busy(_)) => {}
+            Err(EngineError::WouldBlock) => {
+                assert_eq!(
+                    e.stats().cookies,
+                    1,
+                    "round {round}: WouldBlock, nothing parked"
+                );
+                let _ = o.notes.wait(7);
+                e.cookie(7).set_collections(m2.as_bytes()).unwrap();
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        while e.stats().collections_update_in_flight {
+            std::thread::yield_now();
+        }
+        assert!(e.manifest().uid >= 1, "the orphaned manifest was applied");
+        assert_eq!(e.stats().cookies, 0);
+    }
+}
