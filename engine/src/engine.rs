@@ -1258,7 +1258,10 @@ impl Engine {
         }
         self.shared.flusher.wait_idle();
         let flushed = self.flush();
+        // No new flush tasks from here; the ones queued finish (and let go
+        // of the engine) before this returns.
         self.shared.flusher.shutdown();
+        self.shared.flusher.wait_idle();
         self.shared.deleter.shutdown();
         for t in threads {
             if t.join().is_err() {

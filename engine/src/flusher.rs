@@ -34,10 +34,16 @@ struct State {
     shutdown: bool,
 }
 
-/// The flush scheduler: the pool, the back-off queue and its timer.
-pub(crate) struct Flusher {
+struct Sched {
     state: Mutex<State>,
     cv: Condvar,
+}
+
+/// The flush scheduler: the pool, the back-off queue and its timer.
+pub(crate) struct Flusher {
+    /// Behind its own `Arc`: a pool task reports its end after it let go
+    /// of the engine, so the engine is gone when the flusher is idle.
+    sched: Arc<Sched>,
     #[cfg(not(loom))]
     pool: Option<rayon::ThreadPool>,
     min_backoff: Duration,
@@ -77,8 +83,10 @@ impl Flusher {
         #[cfg(loom)]
         let _ = threads;
         Flusher {
-            state: Mutex::new(State::default()),
-            cv: Condvar::new(),
+            sched: Arc::new(Sched {
+                state: Mutex::new(State::default()),
+                cv: Condvar::new(),
+            }),
             #[cfg(not(loom))]
             pool,
             min_backoff,
@@ -107,28 +115,28 @@ impl Flusher {
     }
 
     pub(crate) fn shutdown(&self) {
-        lock(&self.state).shutdown = true;
-        self.cv.notify_all();
+        lock(&self.sched.state).shutdown = true;
+        self.sched.cv.notify_all();
     }
 
     /// Blocks until no flush task is queued or running. Vbuckets waiting out
     /// a back-off do not count: nothing can run for them yet.
     pub(crate) fn wait_idle(&self) {
-        let mut s = lock(&self.state);
+        let mut s = lock(&self.sched.state);
         while s.pending > 0 {
-            s = wait(&self.cv, s);
+            s = wait(&self.sched.cv, s);
         }
     }
 
     /// Vbuckets waiting out a back-off.
     pub(crate) fn delayed(&self) -> usize {
-        lock(&self.state).delayed.len()
+        lock(&self.sched.state).delayed.len()
     }
 
     /// Puts `vbid` in the back-off queue until `at`.
     fn delay(&self, at: Instant, vbid: Vbid) {
-        lock(&self.state).delayed.insert((at, vbid));
-        self.cv.notify_all();
+        lock(&self.sched.state).delayed.insert((at, vbid));
+        self.sched.cv.notify_all();
     }
 }
 
@@ -148,16 +156,23 @@ fn spawn(shared: &Arc<Shared>, vbid: Vbid) {
         let Some(pool) = &shared.flusher.pool else {
             return;
         };
-        lock(&shared.flusher.state).pending += 1;
+        {
+            let mut st = lock(&shared.flusher.sched.state);
+            if st.shutdown {
+                return;
+            }
+            st.pending += 1;
+        }
         let s = Arc::clone(shared);
+        let sched = Arc::clone(&shared.flusher.sched);
         pool.spawn(move || {
             if let Ok(vb) = s.map.get(vbid) {
                 run_task(&s, &vb);
             }
-            let mut st = lock(&s.flusher.state);
-            st.pending -= 1;
-            drop(st);
-            s.flusher.cv.notify_all();
+            // Let go of the engine before reporting the end.
+            drop(s);
+            lock(&sched.state).pending -= 1;
+            sched.cv.notify_all();
         });
     }
     #[cfg(loom)]
@@ -193,7 +208,7 @@ fn run_task(shared: &Arc<Shared>, vb: &VBucket) {
 #[cfg(not(loom))]
 pub(crate) fn run_timer(shared: &Arc<Shared>) {
     let f = &shared.flusher;
-    let mut s = lock(&f.state);
+    let mut s = lock(&f.sched.state);
     loop {
         if s.shutdown {
             return;
@@ -211,16 +226,18 @@ pub(crate) fn run_timer(shared: &Arc<Shared>) {
             for vbid in due {
                 spawn(shared, vbid);
             }
-            s = lock(&f.state);
+            s = lock(&f.sched.state);
             continue;
         }
         s = match s.delayed.first().map(|(t, _)| *t) {
             Some(t) => {
-                f.cv.wait_timeout(s, t.saturating_duration_since(now))
+                f.sched
+                    .cv
+                    .wait_timeout(s, t.saturating_duration_since(now))
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0
             }
-            None => wait(&f.cv, s),
+            None => wait(&f.sched.cv, s),
         };
     }
 }
