@@ -20,29 +20,29 @@
 //!    its task succeeds. Either way the machine ends `Idle`.
 
 use crate::manifest::Manifest;
-use crate::sync::{Mutex, lock};
-use std::sync::Arc;
+use crate::sync::{Arc, Mutex, lock};
 
-/// Identifies the caller of an update (a connection's command).
+/// Identifies the caller of an update (a connection's command). The
+/// machine works with any copyable id; this is the default.
 pub type Cookie = u64;
 
-#[derive(Debug, Clone)]
-enum State {
+#[derive(Debug)]
+enum State<C> {
     Idle,
     Persisting {
-        cookie: Cookie,
+        cookie: C,
         manifest: Arc<Manifest>,
         orphaned: bool,
     },
     Persisted {
-        cookie: Cookie,
+        cookie: C,
         manifest: Arc<Manifest>,
     },
 }
 
 /// What [`UpdateMachine::start`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
+pub enum Start<C = Cookie> {
     /// The update is now in flight: persist it and answer `WouldBlock`.
     Started,
     /// This cookie's update is already in flight.
@@ -50,12 +50,12 @@ pub enum Start {
     /// Another cookie's update is in flight.
     Busy {
         /// The cookie holding the machine.
-        holder: Cookie,
+        holder: C,
     },
 }
 
 /// What [`UpdateMachine::finished`] decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Finished {
     /// Tell the cookie it succeeded; it will come back to apply.
     NotifySuccess,
@@ -69,13 +69,24 @@ pub enum Finished {
     Stale,
 }
 
-/// The update state machine.
-#[derive(Debug)]
-pub struct UpdateMachine {
-    state: Mutex<State>,
+impl PartialEq for Finished {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Finished::ApplyOrphan(a), Finished::ApplyOrphan(b)) => **a == **b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
 }
 
-impl Default for UpdateMachine {
+impl Eq for Finished {}
+
+/// The update state machine, over caller ids of type `C`.
+#[derive(Debug)]
+pub struct UpdateMachine<C = Cookie> {
+    state: Mutex<State<C>>,
+}
+
+impl<C> Default for UpdateMachine<C> {
     fn default() -> Self {
         UpdateMachine {
             state: Mutex::new(State::Idle),
@@ -83,7 +94,7 @@ impl Default for UpdateMachine {
     }
 }
 
-impl UpdateMachine {
+impl<C: Copy + PartialEq> UpdateMachine<C> {
     /// An idle machine.
     #[must_use]
     pub fn new() -> Self {
@@ -92,7 +103,7 @@ impl UpdateMachine {
 
     /// Starts an update of `manifest` (already validated as a successor) for
     /// `cookie`.
-    pub fn start(&self, cookie: Cookie, manifest: Arc<Manifest>) -> Start {
+    pub fn start(&self, cookie: C, manifest: Arc<Manifest>) -> Start<C> {
         let mut s = lock(&self.state);
         match &*s {
             State::Idle => {
@@ -103,6 +114,11 @@ impl UpdateMachine {
                 };
                 Start::Started
             }
+            State::Persisting {
+                cookie: c,
+                orphaned: true,
+                ..
+            } => Start::Busy { holder: *c },
             State::Persisting { cookie: c, .. } | State::Persisted { cookie: c, .. } => {
                 if *c == cookie {
                     Start::AlreadyInFlight
@@ -114,7 +130,7 @@ impl UpdateMachine {
     }
 
     /// The background task for `cookie` finished, successfully or not.
-    pub fn finished(&self, cookie: Cookie, ok: bool) -> Finished {
+    pub fn finished(&self, cookie: C, ok: bool) -> Finished {
         let mut s = lock(&self.state);
         let State::Persisting {
             cookie: c,
@@ -150,7 +166,7 @@ impl UpdateMachine {
 
     /// The cookie came back after a successful persist: its manifest, to
     /// apply. `None` when there is nothing for this cookie.
-    pub fn take(&self, cookie: Cookie) -> Option<Arc<Manifest>> {
+    pub fn take(&self, cookie: C) -> Option<Arc<Manifest>> {
         let mut s = lock(&self.state);
         match &*s {
             State::Persisted {
@@ -166,7 +182,7 @@ impl UpdateMachine {
     }
 
     /// The cookie is gone. Returns a persisted manifest to apply now.
-    pub fn disconnect(&self, cookie: Cookie) -> Option<Arc<Manifest>> {
+    pub fn disconnect(&self, cookie: C) -> Option<Arc<Manifest>> {
         let mut s = lock(&self.state);
         match &mut *s {
             State::Persisting {
@@ -191,7 +207,7 @@ impl UpdateMachine {
 
     /// The cookie whose update is in flight, if any.
     #[must_use]
-    pub fn in_flight(&self) -> Option<Cookie> {
+    pub fn in_flight(&self) -> Option<C> {
         match &*lock(&self.state) {
             State::Idle => None,
             State::Persisting { cookie, .. } | State::Persisted { cookie, .. } => Some(*cookie),
@@ -222,8 +238,10 @@ mod tests {
         assert_eq!(u.in_flight(), None);
         assert_eq!(u.take(2), None, "a failed update is never resumed");
         assert_eq!(u.start(3, m.clone()), Start::Started);
-        // Disconnect while persisting, then success: apply anyway.
+        // Disconnect while persisting, then success: apply anyway. The
+        // departed cookie's id, reused meanwhile, is busy like any other.
         assert_eq!(u.disconnect(3), None);
+        assert_eq!(u.start(3, m.clone()), Start::Busy { holder: 3 });
         assert!(matches!(u.finished(3, true), Finished::ApplyOrphan(_)));
         assert_eq!(u.in_flight(), None);
         // Disconnect after success: apply now.

@@ -6,17 +6,17 @@ use collections::{Finished, Manifest, Start, UpdateMachine};
 use loom::sync::Arc;
 use loom::thread;
 
-fn manifest(uid: u64) -> std::sync::Arc<Manifest> {
+fn manifest(uid: u64) -> Arc<Manifest> {
     let mut m = Manifest::epoch();
     m.uid = uid;
-    std::sync::Arc::new(m)
+    Arc::new(m)
 }
 
 /// Two cookies racing to start: exactly one starts, the other is busy.
 #[test]
 fn two_cookies_race() {
     loom::model(|| {
-        let u = Arc::new(UpdateMachine::new());
+        let u: Arc<UpdateMachine> = Arc::new(UpdateMachine::new());
         let hs: Vec<_> = [1u64, 2]
             .into_iter()
             .map(|c| {
@@ -41,7 +41,7 @@ fn two_cookies_race() {
 #[test]
 fn completion_vs_disconnect() {
     loom::model(|| {
-        let u = Arc::new(UpdateMachine::new());
+        let u: Arc<UpdateMachine> = Arc::new(UpdateMachine::new());
         assert_eq!(u.start(1, manifest(5)), Start::Started);
         let u1 = u.clone();
         let task = thread::spawn(move || u1.finished(1, true));
@@ -52,7 +52,7 @@ fn completion_vs_disconnect() {
         let applied = usize::from(matches!(f, Finished::ApplyOrphan(_))) + usize::from(d.is_some());
         assert_eq!(applied, 1, "applied once: {f:?} / {d:?}");
         assert_eq!(u.in_flight(), None, "no stale busy");
-        assert_eq!(u.take(1), None);
+        assert!(u.take(1).is_none());
         assert_eq!(u.start(2, manifest(6)), Start::Started);
     });
 }
@@ -63,7 +63,7 @@ fn completion_vs_disconnect() {
 #[test]
 fn failure_vs_new_update() {
     loom::model(|| {
-        let u = Arc::new(UpdateMachine::new());
+        let u: Arc<UpdateMachine> = Arc::new(UpdateMachine::new());
         assert_eq!(u.start(1, manifest(5)), Start::Started);
         let u1 = u.clone();
         let task = thread::spawn(move || u1.finished(1, false));
@@ -71,7 +71,7 @@ fn failure_vs_new_update() {
         let newcomer = thread::spawn(move || u2.start(2, manifest(6)));
         assert_eq!(task.join().unwrap(), Finished::NotifyFailure);
         let s = newcomer.join().unwrap();
-        assert_eq!(u.take(1), None, "the failed update is never resumed");
+        assert!(u.take(1).is_none(), "the failed update is never resumed");
         match s {
             Start::Started => assert_eq!(u.in_flight(), Some(2)),
             Start::Busy { holder: 1 } => {
@@ -81,4 +81,38 @@ fn failure_vs_new_update() {
             other => panic!("{other:?}"),
         }
     });
+}
+
+/// The waiting cookie disconnects while the background task finishes, with
+/// a failure or a success, and the engine completes the cookie: whatever
+/// the order, the machine ends idle (no stale `Persisting`), a successful
+/// manifest is handed over to be applied exactly once (to the orphan path
+/// or to the completion), and a failed one never.
+#[test]
+fn disconnect_vs_failure_vs_completion() {
+    for ok in [false, true] {
+        loom::model(move || {
+            let u: Arc<UpdateMachine> = Arc::new(UpdateMachine::new());
+            assert_eq!(u.start(1, manifest(5)), Start::Started);
+            let u1 = u.clone();
+            // The task reports, then (as the engine does) completes the
+            // cookie, which collects and takes the manifest.
+            let task = thread::spawn(move || match u1.finished(1, ok) {
+                Finished::NotifySuccess => usize::from(u1.take(1).is_some()),
+                Finished::ApplyOrphan(_) => 1,
+                Finished::NotifyFailure | Finished::DropOrphan => 0,
+                Finished::Stale => panic!("stale report"),
+            });
+            let u2 = u.clone();
+            let gone = thread::spawn(move || usize::from(u2.disconnect(1).is_some()));
+            let applied = task.join().unwrap() + gone.join().unwrap();
+            assert_eq!(applied, usize::from(ok), "ok={ok}: applied {applied} times");
+            assert_eq!(
+                u.in_flight(),
+                None,
+                "ok={ok}: the machine is left in flight"
+            );
+            assert_eq!(u.start(2, manifest(6)), Start::Started);
+        });
+    }
 }

@@ -30,7 +30,7 @@ fn engine(dir: &std::path::Path, backend: Backend) -> Engine {
     let mut cfg = EngineConfig::new(dir);
     cfg.backend = backend;
     cfg.vbuckets = usize::from(VBUCKETS);
-    let e = Engine::open(cfg, Arc::new(NoNotify)).unwrap();
+    let e = Engine::open_with_notifier(cfg, Arc::new(NoNotify)).unwrap();
     for v in 0..VBUCKETS {
         e.create_vbucket(Vbid(v), VbState::Active).unwrap();
     }
@@ -42,7 +42,7 @@ fn set_all(e: &Engine, from: u64, n: u64) {
     for i in from..from + n {
         let vb = Vbid((i % u64::from(VBUCKETS)) as u16);
         loop {
-            match e.set(i, vb, &key(i), value.clone(), WriteOptions::default()) {
+            match e.set(vb, &key(i), value.clone(), WriteOptions::default()) {
                 Ok(_) => break,
                 Err(EngineError::TemporaryFailure(_)) => std::thread::yield_now(),
                 Err(err) => panic!("{err}"),

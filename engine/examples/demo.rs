@@ -1,50 +1,48 @@
 //! A short engine workload on the embedded default backend (couchfile):
-//! create vbuckets, set and get documents, wait for a durable write, delete a
-//! vbucket while a guard holds it, shut down, warm up, and check that
-//! everything came back. It prints what it does.
+//! create vbuckets, set and get documents, a durable write (blocking, and as
+//! a future), delete a vbucket while a guard holds it, shut down, warm up,
+//! and check that everything came back. It prints what it does.
+//!
+//! It uses only the Rust API: no cookie, no notifier, no re-issued call.
 //!
 //! Usage: `cargo run --release -p engine --example demo [DATA_DIR]`
 //! (default `target/demo-data`, emptied first).
 
-use engine::{Engine, EngineConfig, EngineError, Notifier, WriteOptions};
-use kvstore_core::{CollectionId, DiskKey, VbState, Vbid};
-use std::sync::{Arc, Condvar, Mutex};
+use engine::{
+    Backend, CollectionId, DiskKey, Engine, EngineConfig, EngineError, VbState, Vbid, WriteOptions,
+};
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-/// Wakes the demo when a blocked call completes.
-#[derive(Default)]
-struct Wakeup {
-    done: Mutex<Vec<u64>>,
-    cv: Condvar,
+fn key(i: u32) -> Result<DiskKey, engine::StoreError> {
+    Ok(DiskKey::new(
+        CollectionId::DEFAULT,
+        format!("user::{i:05}").as_bytes(),
+    )?)
 }
 
-impl Notifier for Wakeup {
-    fn notify(&self, cookie: u64, _status: Result<(), EngineError>) {
-        self.done
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(cookie);
-        self.cv.notify_all();
+/// A minimal executor for the future: the thread parks until woken.
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
     }
 }
 
-impl Wakeup {
-    fn wait(&self, cookie: u64) {
-        let mut done = self
-            .done
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while !done.contains(&cookie) {
-            done = self
-                .cv
-                .wait(done)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+fn block_on<F: Future>(f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
         }
     }
-}
-
-fn key(i: u32) -> Result<DiskKey, kvstore_core::KeyError> {
-    DiskKey::new(CollectionId::DEFAULT, format!("user::{i:05}").as_bytes())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,8 +51,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "target/demo-data".to_owned());
     let _ = std::fs::remove_dir_all(&dir);
     println!("data directory: {dir}");
-    let wake = Arc::new(Wakeup::default());
-    let engine = Engine::open(EngineConfig::new(&dir), wake.clone())?;
+    let mut config = EngineConfig::new(&dir);
+    config.backend = "couchfile".parse::<Backend>()?;
+    let engine = Engine::open(config.clone())?;
     println!("opened the engine on the {} backend", engine.backend_name());
 
     for v in 0..4 {
@@ -68,14 +67,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let vb = Vbid((i % 4) as u16);
         let value = format!("{{\"id\":{i},\"name\":\"user {i}\"}}");
         loop {
-            match engine.set(
-                u64::from(i),
-                vb,
-                &key(i)?,
-                value.clone(),
-                WriteOptions::default(),
-            ) {
+            match engine.set(vb, &key(i)?, value.clone(), WriteOptions::default()) {
                 Ok(_) => break,
+                // The memory quota is full until the flusher catches up.
                 Err(EngineError::TemporaryFailure(_)) => std::thread::yield_now(),
                 Err(e) => return Err(e.into()),
             }
@@ -83,25 +77,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("set {n} documents across 4 vbuckets in {:?}", t.elapsed());
 
-    // A durable write: it blocks until the flusher has persisted it.
-    let durable = WriteOptions {
-        durable: true,
-        ..WriteOptions::default()
-    };
-    let cookie = 1_000_000;
+    // A durable write: the call returns once the flusher has persisted it.
     let t = Instant::now();
-    match engine.set(cookie, Vbid(0), &key(n)?, "durable", durable) {
-        Err(EngineError::WouldBlock) => {}
-        other => return Err(format!("expected WouldBlock, got {other:?}").into()),
-    }
-    wake.wait(cookie);
-    let r = engine.set(cookie, Vbid(0), &key(n)?, "durable", durable)?;
+    let r = engine.set_durable(Vbid(0), &key(n)?, "durable", WriteOptions::default())?;
     println!(
-        "durable set: blocked, notified, collected seqno {} cas {:#x} after {:?}",
+        "durable set: seqno {} cas {:#x}, persisted when it returned ({:?})",
         r.seqno,
         r.cas.0,
         t.elapsed()
     );
+    // The same as a future, for async callers.
+    let pending = engine.set_async(
+        Vbid(1),
+        &key(n + 1)?,
+        "durable too",
+        WriteOptions::durable(),
+    );
+    let r = block_on(pending)?;
+    println!("durable set through a future: seqno {}", r.seqno);
+    // A durable delete takes the same options.
+    let d = engine.delete(Vbid(1), &key(n + 1)?, WriteOptions::durable())?;
+    println!("durable delete: seqno {}", d.seqno);
 
     let item = engine.get(Vbid(1), &key(4001)?)?;
     println!(
@@ -113,11 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Delete vbucket 3 while a guard (an operation in flight) still holds it.
     let guard = engine.vbucket(Vbid(3))?;
-    let delete_cookie = 2_000_000;
-    match engine.delete_vbucket(Some(delete_cookie), Vbid(3)) {
-        Err(EngineError::WouldBlock) => {}
-        other => return Err(format!("expected WouldBlock, got {other:?}").into()),
-    }
+    engine.delete_vbucket(Vbid(3))?;
     println!(
         "deleted vb:3 while a guard holds it: new lookups get {}; its files stay until the guard drops",
         engine
@@ -132,8 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         still.live_items, still.file_bytes
     );
     drop(guard);
-    wake.wait(delete_cookie);
-    engine.delete_vbucket(Some(delete_cookie), Vbid(3))?;
+    engine.wait_for_deletions();
     println!(
         "  guard dropped: the files of vb:3 are gone (deletions done: {})",
         engine.deleter().destroyed_total()
@@ -142,18 +133,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     engine.flush()?;
     let s = engine.stats();
     println!(
-        "stats: {} vbuckets, {} items, {} flush batches, {} items flushed in {:?}, {} bytes on disk",
-        s.vbuckets, s.items, s.flush_batches, s.flushed_items, s.flush_time, s.disk_bytes
+        "stats: {} vbuckets, {} items, {} flush batches, {} items flushed in {:?}, {} bytes on disk, {} failing",
+        s.vbuckets,
+        s.items,
+        s.flush_batches,
+        s.flushed_items,
+        s.flush_time,
+        s.disk_bytes,
+        s.failing_vbuckets
     );
     engine.shutdown()?;
     println!("shut down");
 
     let t = Instant::now();
-    let engine = Engine::open(EngineConfig::new(&dir), wake)?;
+    let engine = Engine::open(config)?;
     let s = engine.stats();
     println!(
-        "warmup: {} vbuckets, {} items in {:?}",
-        s.vbuckets,
+        "warmup: vbuckets {:?}, {} items in {:?}",
+        engine
+            .warmed_up()
+            .iter()
+            .map(|(v, _)| v.0)
+            .collect::<Vec<_>>(),
         s.items,
         t.elapsed()
     );

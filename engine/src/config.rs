@@ -1,12 +1,22 @@
 //! Engine settings.
 
+use kvstore_core::KvStore;
 use kvstore_couchfile::CouchConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The storage backend.
-#[derive(Debug, Clone)]
+/// The storage backend. It parses from its name (`"couchfile"`,
+/// `"memory"`, `"rocksdb"`) with default settings, for configs and CLIs:
+///
+/// ```
+/// use engine::Backend;
+/// assert!(matches!("couchfile".parse::<Backend>(), Ok(Backend::Couchfile(_))));
+/// assert!(matches!("memory".parse::<Backend>(), Ok(Backend::Memory)));
+/// assert!("floppy".parse::<Backend>().is_err());
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
 pub enum Backend {
     /// Append-only B-tree files (the default; pure Rust).
     Couchfile(CouchConfig),
@@ -16,6 +26,48 @@ pub enum Backend {
     /// directory.
     #[cfg(feature = "rocks")]
     Rocks(kvstore_rocks::RocksConfig),
+    /// A backend the caller opened (tests wrap one to inject faults). The
+    /// bucket's manifest is kept in the data directory, as for couchfile.
+    Custom(Arc<dyn KvStore>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Couchfile(c) => f.debug_tuple("Couchfile").field(c).finish(),
+            Backend::Memory => f.write_str("Memory"),
+            #[cfg(feature = "rocks")]
+            Backend::Rocks(c) => f.debug_tuple("Rocks").field(c).finish(),
+            Backend::Custom(kv) => f.debug_tuple("Custom").field(&kv.backend_name()).finish(),
+        }
+    }
+}
+
+/// A backend name that is not known (or not built in).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseBackendError {
+    /// No backend has this name.
+    #[error("unknown backend {0:?} (expected couchfile, memory or rocksdb)")]
+    Unknown(String),
+    /// The RocksDB backend needs the `rocks` feature.
+    #[error("the rocksdb backend is not built in (enable the engine's `rocks` feature)")]
+    NotBuilt,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = ParseBackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "couchfile" | "couchstore" => Ok(Backend::Couchfile(CouchConfig::default())),
+            "memory" | "mem" => Ok(Backend::Memory),
+            #[cfg(feature = "rocks")]
+            "rocksdb" | "rocks" => Ok(Backend::Rocks(kvstore_rocks::RocksConfig::default())),
+            #[cfg(not(feature = "rocks"))]
+            "rocksdb" | "rocks" => Err(ParseBackendError::NotBuilt),
+            _ => Err(ParseBackendError::Unknown(s.to_owned())),
+        }
+    }
 }
 
 impl Default for Backend {
@@ -73,6 +125,12 @@ pub struct EngineConfig {
     pub memory_quota: u64,
     /// The largest value accepted (default 20 MiB, as upstream).
     pub max_value_size: usize,
+    /// The first back-off after a failed flush of a vbucket (default
+    /// 10 ms); it doubles with each failure in a row, up to
+    /// `flush_retry_max` (default 5 s). Each vbucket has its own.
+    pub flush_retry_min: Duration,
+    /// The longest back-off between flush attempts of a failing vbucket.
+    pub flush_retry_max: Duration,
     /// The clock (tests use a manual one).
     pub clock: Arc<dyn Clock>,
 }
@@ -87,6 +145,8 @@ impl EngineConfig {
             flusher_threads: 2,
             memory_quota: 256 << 20,
             max_value_size: 20 << 20,
+            flush_retry_min: Duration::from_millis(10),
+            flush_retry_max: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
         }
     }

@@ -8,7 +8,7 @@
 //! the deletion that it is done. `Drop` runs once per incarnation, so the
 //! store is destroyed exactly once.
 
-use crate::cookie::{CookieId, CookieTable, Outcome};
+use crate::cookie::{CookieTable, Outcome, Ticket};
 use crate::error::EngineError;
 use crate::sync::{Arc, Condvar, Mutex, lock, wait};
 use kvstore_core::{KvStore, Revision, VbStore, Vbid};
@@ -19,10 +19,10 @@ pub(crate) struct DeletionJob {
     pub(crate) vbid: Vbid,
     pub(crate) kv: std::sync::Arc<dyn KvStore>,
     pub(crate) store: std::sync::Arc<dyn VbStore>,
-    /// Cookies parked on the incarnation (for example waiting for a flush).
-    pub(crate) parked: Vec<CookieId>,
-    /// Cookies of delete calls that asked to be told when the files are gone.
-    pub(crate) notify: Vec<CookieId>,
+    /// Calls parked on the incarnation (durable writes waiting for a flush).
+    pub(crate) parked: Vec<Ticket>,
+    /// Delete calls that asked to be told when the files are gone.
+    pub(crate) notify: Vec<Ticket>,
     pub(crate) cookies: Arc<CookieTable>,
 }
 

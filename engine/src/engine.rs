@@ -11,13 +11,16 @@
 //! `TemporaryFailure` instead until the flusher catches up.
 
 use crate::config::{Backend, EngineConfig};
-use crate::cookie::{CookieId, CookieTable, MutationResult, Notifier, Outcome, Waiting};
+use crate::cookie::{
+    CookieId, CookieTable, Mailbox, MutationResult, NoNotify, Notifier, Outcome, Owner, WaitKind,
+    Waiting,
+};
 use crate::deleter::Deleter;
 use crate::error::{EngineError, EngineResult};
-use crate::flusher::{FlushQueue, Flushed, flush_vbucket};
+use crate::flusher::{self, Flushed, Flusher, flush_vbucket};
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock, thread};
-use crate::vbmap::{VBucketMap, VbGuard};
-use crate::vbucket::{VBucket, VbData, item_bytes};
+use crate::vbmap::{DeleteWaiter, VBucketMap, VbGuard};
+use crate::vbucket::{VBucket, VbData, VbHealth, item_bytes};
 use bytes::Bytes;
 use collections::{Applied, Finished, Manifest, Start, UpdateMachine, VbManifest, Visibility};
 use kvstore_core::{
@@ -41,9 +44,28 @@ pub struct WriteOptions {
     pub expiry: u32,
     /// The value's datatype bits.
     pub datatype: Datatype,
-    /// Return only once the write is persisted (through the would-block
-    /// protocol).
+    /// Return only once the write is persisted: a blocking call waits, a
+    /// future resolves then, and a cookie call returns `WouldBlock` and is
+    /// notified. Without it a write returns once it is in memory, and the
+    /// flusher persists it shortly after.
     pub durable: bool,
+}
+
+impl WriteOptions {
+    /// Options of a durable write, otherwise the defaults.
+    #[must_use]
+    pub fn durable() -> Self {
+        WriteOptions {
+            durable: true,
+            ..WriteOptions::default()
+        }
+    }
+
+    /// The same options with a CAS check.
+    #[must_use]
+    pub fn with_cas(self, cas: Cas) -> Self {
+        WriteOptions { cas, ..self }
+    }
 }
 
 /// How a store call treats an existing document.
@@ -93,6 +115,12 @@ pub struct VbStats {
     pub flush_time: Duration,
     /// Failed flush commits so far.
     pub flush_failures: u64,
+    /// Flushes attempted while the vbucket was failing.
+    pub flush_retries: u64,
+    /// Times the store handle was reopened after a failure.
+    pub store_reopens: u64,
+    /// Whether flushes succeed, and if not, when the next attempt is.
+    pub health: VbHealth,
     /// The last flush error, until a flush succeeds.
     pub flush_error: Option<String>,
     /// The store's counts and sizes (zero when the store cannot say).
@@ -122,12 +150,22 @@ pub struct EngineStats {
     pub flush_time: Duration,
     /// Failed flush commits so far.
     pub flush_failures: u64,
+    /// Flushes attempted while their vbucket was failing.
+    pub flush_retries: u64,
+    /// Store handles reopened after a failure.
+    pub store_reopens: u64,
+    /// Vbuckets whose flushes are failing now.
+    pub failing_vbuckets: usize,
+    /// Vbuckets waiting out a flush back-off.
+    pub backing_off: usize,
     /// Bytes the stores take on disk.
     pub disk_bytes: u64,
     /// Vbucket deletions waiting for their last guard or running.
     pub pending_deletions: usize,
-    /// Cookies with parked state.
+    /// Calls with parked state (client cookies and Rust callers waiting).
     pub cookies: usize,
+    /// A collections manifest update is in flight.
+    pub collections_update_in_flight: bool,
 }
 
 /// The dirty-item memory budget.
@@ -166,30 +204,65 @@ pub(crate) struct Shared {
     pub(crate) map: VBucketMap,
     pub(crate) deleter: Arc<Deleter>,
     pub(crate) cookies: Arc<CookieTable>,
-    pub(crate) flusher: FlushQueue,
+    pub(crate) flusher: Flusher,
     pub(crate) memory: MemTracker,
     /// The bucket's collections manifest.
-    manifest: Mutex<std::sync::Arc<Manifest>>,
+    manifest: Mutex<Arc<Manifest>>,
+    /// Where the manifest is persisted.
+    manifest_store: ManifestStore,
     /// The collections update state machine.
-    updates: UpdateMachine,
+    pub(crate) updates: UpdateMachine<Owner>,
+    /// Held from the moment the machine hands a persisted manifest over
+    /// until it is applied, and while a new update is validated and
+    /// started: so a new update is never checked against the manifest
+    /// before the one just persisted (the machine is idle in between).
+    manifest_lock: Mutex<()>,
     shutting_down: AtomicBool,
     uuid_seed: AtomicU64,
+    /// The vbuckets warmup found, with their states.
+    warmed_up: Vec<(Vbid, VbState)>,
+}
+
+/// Where the bucket's manifest lives: a file in the data directory, or
+/// nowhere for the memory backend (nothing of it may survive the process).
+#[derive(Debug)]
+enum ManifestStore {
+    Dir(std::path::PathBuf),
+    Memory,
+}
+
+impl ManifestStore {
+    fn load(&self) -> Result<Option<Manifest>, collections::PersistError> {
+        match self {
+            ManifestStore::Dir(d) => collections::persist::load(d),
+            ManifestStore::Memory => Ok(None),
+        }
+    }
+
+    fn store(&self, m: &Manifest) -> Result<(), collections::PersistError> {
+        match self {
+            ManifestStore::Dir(d) => collections::persist::store(d, m),
+            ManifestStore::Memory => Ok(()),
+        }
+    }
 }
 
 impl Shared {
-    pub(crate) fn current_manifest(&self) -> std::sync::Arc<Manifest> {
-        std::sync::Arc::clone(&lock(&self.manifest))
+    pub(crate) fn current_manifest(&self) -> Arc<Manifest> {
+        Arc::clone(&lock(&self.manifest))
     }
+}
 
-    /// Applies `m` to one vbucket (if active), queueing its system events.
-    fn apply_to(&self, vb: &VBucket, m: &Manifest) -> EngineResult<()> {
+/// Applies `m` to one vbucket (if active), queueing its system events.
+pub(crate) fn apply_to(shared: &Arc<Shared>, vb: &VBucket, m: &Manifest) -> EngineResult<()> {
+    {
         let mut d = lock(&vb.data);
         if d.state != VbState::Active {
             return Ok(());
         }
         let before = d.collections.items();
         let (mut high, mut cas) = (d.high_seqno, d.max_cas);
-        let now = self.config.clock.now_nanos();
+        let now = shared.config.clock.now_nanos();
         let applied = d
             .collections
             .update(m, &mut || {
@@ -200,33 +273,44 @@ impl Shared {
             .map_err(|e| EngineError::CannotApplyManifest(format!("{}: {e}", vb.vbid())))?;
         d.high_seqno = high;
         d.max_cas = cas;
-        if let Applied::Events(events) = applied {
-            for ev in events {
-                let bytes = item_bytes(&ev);
-                self.memory.used.fetch_add(bytes, Ordering::AcqRel);
-                d.dirty_bytes += bytes;
-                if let Some(old) = d.dirty.insert(ev.key.clone(), ev) {
-                    let b = item_bytes(&old);
-                    d.dirty_bytes -= b;
-                    self.memory.release(b);
-                }
+        let Applied::Events(events) = applied else {
+            return Ok(());
+        };
+        for ev in events {
+            let bytes = item_bytes(&ev);
+            shared.memory.used.fetch_add(bytes, Ordering::AcqRel);
+            d.dirty_bytes += bytes;
+            if let Some(old) = d.dirty.insert(ev.key.clone(), ev) {
+                let b = item_bytes(&old);
+                d.dirty_bytes -= b;
+                shared.memory.release(b);
             }
-            let dropped_items = before.saturating_sub(d.collections.items());
-            d.live_items = d.live_items.saturating_sub(dropped_items);
-            d.state_dirty = true;
-            drop(d);
-            self.flusher.schedule(vb);
         }
-        Ok(())
+        let dropped_items = before.saturating_sub(d.collections.items());
+        d.live_items = d.live_items.saturating_sub(dropped_items);
+        d.state_dirty = true;
     }
+    flusher::schedule(shared, vb);
+    Ok(())
+}
 
-    /// Applies `m` to every active vbucket and makes it the current one.
-    pub(crate) fn apply_manifest(&self, m: &std::sync::Arc<Manifest>) -> EngineResult<()> {
-        for vb in self.map.guards() {
-            self.apply_to(&vb, m)?;
+/// Applies `m` to every active vbucket and makes it the current one. A
+/// vbucket that refuses it does not stop the others: the manifest is
+/// persisted already, so every vbucket that can take it does, and the
+/// error names those that could not.
+pub(crate) fn apply_manifest(shared: &Arc<Shared>, m: &Arc<Manifest>) -> EngineResult<()> {
+    let mut failed = Vec::new();
+    for vb in shared.map.guards() {
+        if let Err(e) = apply_to(shared, &vb, m) {
+            tracing::error!(vbid = %vb.vbid(), error = %e, uid = m.uid, "a vbucket refused the manifest");
+            failed.push(e.to_string());
         }
-        *lock(&self.manifest) = std::sync::Arc::clone(m);
+    }
+    *lock(&shared.manifest) = Arc::clone(m);
+    if failed.is_empty() {
         Ok(())
+    } else {
+        Err(EngineError::CannotApplyManifest(failed.join("; ")))
     }
 }
 
@@ -246,8 +330,11 @@ pub struct CollectionInfo {
 }
 
 /// The engine. See the crate docs.
+///
+/// Every call takes `&self`, so an engine is shared as `Arc<Engine>`
+/// between threads; [`Engine::shutdown`] works on a shared engine too.
 pub struct Engine {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
@@ -272,20 +359,68 @@ fn open_backend(config: &EngineConfig) -> EngineResult<std::sync::Arc<dyn KvStor
             config.data_dir.join("rocksdb"),
             c.clone(),
         )?),
+        Backend::Custom(kv) => std::sync::Arc::clone(kv),
     })
 }
 
+/// How an engine call that may wait is to wait: under a client's cookie
+/// (the would-block protocol), or in this process, for a Rust caller.
+#[derive(Clone)]
+pub(crate) enum Via {
+    Client(CookieId),
+    Local(Owner, Arc<Mailbox>),
+}
+
+impl Via {
+    fn owner(&self) -> Owner {
+        match self {
+            Via::Client(c) => Owner::Client(*c),
+            Via::Local(o, _) => *o,
+        }
+    }
+
+    fn mailbox(&self) -> Option<Arc<Mailbox>> {
+        match self {
+            Via::Client(_) => None,
+            Via::Local(_, m) => Some(Arc::clone(m)),
+        }
+    }
+}
+
+/// How a call that may wait went.
+pub(crate) enum Step<T> {
+    /// It finished.
+    Done(T),
+    /// It is parked; the ticket's owner is woken when it completes.
+    Parked,
+}
+
 impl Engine {
+    /// Opens the backend and warms up (see [`Engine::open_with_notifier`]),
+    /// for callers that use the Rust API only: its blocking calls and
+    /// futures need no notifier.
+    pub fn open(config: EngineConfig) -> EngineResult<Self> {
+        Self::open_with_notifier(config, std::sync::Arc::new(NoNotify))
+    }
+
     /// Opens the backend and warms up: every vbucket found on disk comes
     /// back with its state, high seqno, CAS and item count. Stale revisions
-    /// and temporary files are removed. A vbucket whose store fails to open
-    /// fails the warmup with an error naming it.
-    pub fn open(
+    /// and temporary files are removed, and so is a store whose state was
+    /// never committed (a create cut short by a crash). A vbucket whose
+    /// store fails to open fails the warmup with an error naming it.
+    /// `notifier` is told when a call parked under a client cookie can be
+    /// collected (the would-block protocol of [`Engine::cookie`]).
+    pub fn open_with_notifier(
         config: EngineConfig,
         notifier: std::sync::Arc<dyn Notifier>,
     ) -> EngineResult<Self> {
         let kv = open_backend(&config)?;
-        let manifest = collections::persist::load(&config.data_dir)
+        let manifest_store = match config.backend {
+            Backend::Memory => ManifestStore::Memory,
+            _ => ManifestStore::Dir(config.data_dir.clone()),
+        };
+        let manifest = manifest_store
+            .load()
             .map_err(|e| EngineError::Warmup(e.to_string()))?
             .unwrap_or_else(Manifest::epoch);
         let cookies = Arc::new(CookieTable::new(notifier));
@@ -293,14 +428,23 @@ impl Engine {
         let map = VBucketMap::new(config.vbuckets);
         let found = kv.discover()?;
         let started = std::time::Instant::now();
+        let mut warmed_up = Vec::new();
         for (vbid, revision) in &found {
             if usize::from(vbid.0) >= config.vbuckets {
                 tracing::warn!(%vbid, "vbucket on disk is beyond the configured count; left alone");
                 continue;
             }
             let store = kv.open(*vbid, *revision)?;
+            let Some(state) = store.vbstate()? else {
+                // Created, but its state never committed: the create did not
+                // happen. Remove it, so the vbucket can be created again.
+                tracing::warn!(%vbid, %revision, "removing a vbucket whose creation never completed");
+                drop(store);
+                kv.mark_deleted(*vbid, *revision)?;
+                kv.destroy(*vbid, *revision)?;
+                continue;
+            };
             let info = store.info()?;
-            let state = store.vbstate()?.unwrap_or_default();
             let collections = VbManifest::from_local(&store.list_local()?)
                 .map_err(|e| EngineError::Warmup(format!("{vbid}: collections: {e}")))?;
             let data = VbData {
@@ -323,8 +467,14 @@ impl Engine {
             if let Err((_, e)) = map.insert(vb) {
                 return Err(e);
             }
+            warmed_up.push((*vbid, state.state));
         }
-        tracing::info!(vbuckets = found.len(), backend = kv.backend_name(), elapsed = ?started.elapsed(), "warmup done");
+        tracing::info!(vbuckets = warmed_up.len(), backend = kv.backend_name(), elapsed = ?started.elapsed(), "warmup done");
+        let flusher = Flusher::new(
+            config.flusher_threads,
+            config.flush_retry_min,
+            config.flush_retry_max,
+        );
         let shared = Arc::new(Shared {
             memory: MemTracker {
                 used: AtomicU64::new(0),
@@ -335,24 +485,30 @@ impl Engine {
             map,
             deleter,
             cookies,
-            flusher: FlushQueue::default(),
-            manifest: Mutex::new(std::sync::Arc::new(manifest)),
+            flusher,
+            manifest: Mutex::new(Arc::new(manifest)),
+            manifest_store,
             updates: UpdateMachine::new(),
+            manifest_lock: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             uuid_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            warmed_up,
         });
         // A crash between persisting a manifest and flushing its system
         // events leaves vbuckets behind: bring them up to date.
         let current = shared.current_manifest();
-        shared.apply_manifest(&current)?;
+        if let Err(e) = apply_manifest(&shared, &current) {
+            tracing::error!(error = %e, "warmup: not every vbucket takes the bucket's manifest");
+        }
         let mut threads = Vec::new();
         {
             let s = Arc::clone(&shared);
             threads.push(thread::spawn(move || s.deleter.run_worker()));
         }
-        for _ in 0..shared.config.flusher_threads {
+        #[cfg(not(loom))]
+        if shared.flusher.has_pool() {
             let s = Arc::clone(&shared);
-            threads.push(thread::spawn(move || s.flusher.worker(&s)));
+            threads.push(thread::spawn(move || flusher::run_timer(&s)));
         }
         Ok(Engine {
             shared,
@@ -377,6 +533,24 @@ impl Engine {
     /// compaction) while keeping it alive.
     pub fn vbucket(&self, vbid: Vbid) -> EngineResult<VbGuard> {
         self.shared.map.get(vbid)
+    }
+
+    /// The vbuckets warmup found when the engine opened, with the states
+    /// they came back in (whatever happened to them since).
+    #[must_use]
+    pub fn warmed_up(&self) -> &[(Vbid, VbState)] {
+        &self.shared.warmed_up
+    }
+
+    /// The vbuckets present now, with their states, in vbid order.
+    #[must_use]
+    pub fn vbuckets(&self) -> Vec<(Vbid, VbState)> {
+        self.shared
+            .map
+            .guards()
+            .iter()
+            .map(|g| (g.vbid(), g.state()))
+            .collect()
     }
 
     fn active(&self, vbid: Vbid) -> EngineResult<VbGuard> {
@@ -432,7 +606,7 @@ impl Engine {
         };
         let doc = match doc {
             Some(doc) => Some(doc),
-            None => vb.store().get(key)?,
+            None => vb.read_store(|s| s.get(key))?,
         };
         let Some(doc) = doc.filter(|d| !d.is_deleted()) else {
             return Err(EngineError::KeyNotFound);
@@ -489,7 +663,7 @@ impl Engine {
             .note(key.collection(), seqno, -1, -(cur.body_size() as i64));
         self.put_dirty(&mut d, tomb, true);
         drop(d);
-        self.shared.flusher.schedule(vb);
+        flusher::schedule(&self.shared, vb);
         Ok(())
     }
 
@@ -499,7 +673,7 @@ impl Engine {
         if self.shared.memory.try_reserve(bytes) {
             return Ok(());
         }
-        self.shared.flusher.schedule(vb);
+        flusher::schedule(&self.shared, vb);
         Err(EngineError::TemporaryFailure(format!(
             "memory quota of {} bytes is full; retry once the flusher catches up",
             self.shared.memory.quota
@@ -524,14 +698,10 @@ impl Engine {
 
     /// Collects the result of a durable call parked under `cookie`, if any.
     fn collected(&self, cookie: CookieId) -> Option<EngineResult<MutationResult>> {
-        self.shared.cookies.collect(cookie).map(|r| {
-            r.and_then(|o| match o {
-                Outcome::Mutation(m) => Ok(m),
-                Outcome::Done => Err(EngineError::InvalidArguments(format!(
-                    "cookie {cookie} was parked by another kind of call"
-                ))),
-            })
-        })
+        self.shared
+            .cookies
+            .collect(cookie, WaitKind::Persist)
+            .map(|r| r.and_then(outcome_mutation))
     }
 
     fn validate(&self, value: &[u8], datatype: Datatype) -> EngineResult<()> {
@@ -550,22 +720,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Stores a document (set, add or replace), optionally CAS-checked and
-    /// durable. A durable store returns `WouldBlock` until persisted; the
-    /// caller re-issues it with the same cookie to collect the result.
-    pub fn store(
+    /// Stores a document (set, add or replace): the shared body of every
+    /// way to call it.
+    pub(crate) fn store_via(
         &self,
-        cookie: CookieId,
+        via: &Via,
         vbid: Vbid,
         mode: StoreMode,
         key: &DiskKey,
         value: Bytes,
         opts: WriteOptions,
-    ) -> EngineResult<MutationResult> {
+    ) -> EngineResult<Step<MutationResult>> {
         if opts.durable
-            && let Some(r) = self.collected(cookie)
+            && let Via::Client(cookie) = via
+            && let Some(r) = self.collected(*cookie)
         {
-            return r;
+            return r.map(Step::Done);
         }
         self.validate(&value, opts.datatype)?;
         let vb = self.active(vbid)?;
@@ -642,93 +812,56 @@ impl Engine {
             i64::from(!was_live),
             new_bytes - old_bytes,
         );
-        self.finish_write(cookie, &vb, d, result, opts.durable)
+        self.finish_write(via, &vb, d, result, opts.durable)
     }
 
-    /// Parks a durable write's cookie (under the data lock, so the flusher
-    /// cannot complete the seqno before the cookie is parked) and schedules
-    /// the flush.
+    /// Parks a durable write (under the data lock, so the flusher cannot
+    /// complete the seqno before the ticket is parked) and schedules the
+    /// flush.
     fn finish_write(
         &self,
-        cookie: CookieId,
+        via: &Via,
         vb: &VbGuard,
-        mut d: crate::sync::MutexGuard<'_, VbData>,
+        d: crate::sync::MutexGuard<'_, VbData>,
         result: MutationResult,
         durable: bool,
-    ) -> EngineResult<MutationResult> {
-        let blocked = if durable {
-            self.shared.cookies.park(
-                cookie,
+    ) -> EngineResult<Step<MutationResult>> {
+        let step = if durable {
+            self.shared.cookies.park_in(
+                via.owner(),
                 Waiting::Persist {
                     vbid: vb.vbid(),
                     seqno: result.seqno,
                     result,
                 },
+                &vb.waiters,
+                via.mailbox(),
+                |l, t| l.persist.entry(result.seqno.0).or_default().push(t),
             )?;
-            d.persist_waiters
-                .entry(result.seqno.0)
-                .or_default()
-                .push(cookie);
-            true
+            Step::Parked
         } else {
-            false
+            Step::Done(result)
         };
         drop(d);
-        self.shared.flusher.schedule(vb);
-        if blocked {
-            Err(EngineError::WouldBlock)
-        } else {
-            Ok(result)
-        }
+        flusher::schedule(&self.shared, vb);
+        Ok(step)
     }
 
-    /// Upsert.
-    pub fn set(
+    /// Deletes a document (a tombstone): the shared body of every way to
+    /// call it.
+    pub(crate) fn delete_via(
         &self,
-        cookie: CookieId,
+        via: &Via,
         vbid: Vbid,
         key: &DiskKey,
-        value: impl Into<Bytes>,
         opts: WriteOptions,
-    ) -> EngineResult<MutationResult> {
-        self.store(cookie, vbid, StoreMode::Set, key, value.into(), opts)
-    }
-
-    /// Insert only if absent.
-    pub fn add(
-        &self,
-        cookie: CookieId,
-        vbid: Vbid,
-        key: &DiskKey,
-        value: impl Into<Bytes>,
-        opts: WriteOptions,
-    ) -> EngineResult<MutationResult> {
-        self.store(cookie, vbid, StoreMode::Add, key, value.into(), opts)
-    }
-
-    /// Update only if present.
-    pub fn replace(
-        &self,
-        cookie: CookieId,
-        vbid: Vbid,
-        key: &DiskKey,
-        value: impl Into<Bytes>,
-        opts: WriteOptions,
-    ) -> EngineResult<MutationResult> {
-        self.store(cookie, vbid, StoreMode::Replace, key, value.into(), opts)
-    }
-
-    /// Deletes a document (a tombstone), optionally CAS-checked and durable.
-    pub fn delete(
-        &self,
-        cookie: CookieId,
-        vbid: Vbid,
-        key: &DiskKey,
-        cas: Cas,
-        durable: bool,
-    ) -> EngineResult<MutationResult> {
-        if durable && let Some(r) = self.collected(cookie) {
-            return r;
+    ) -> EngineResult<Step<MutationResult>> {
+        let (cas, durable) = (opts.cas, opts.durable);
+        if durable
+            && let Via::Client(cookie) = via
+            && let Some(r) = self.collected(*cookie)
+        {
+            return r.map(Step::Done);
         }
         let vb = self.active(vbid)?;
         let now = self.now();
@@ -765,11 +898,12 @@ impl Engine {
         d.live_items = d.live_items.saturating_sub(1);
         d.collections
             .note(key.collection(), seqno, -1, -(cur.body_size() as i64));
-        self.finish_write(cookie, &vb, d, result, durable)
+        self.finish_write(via, &vb, d, result, durable)
     }
 
     /// Creates a vbucket (its store gets a new revision) in `state`. The
-    /// state is durable when this returns.
+    /// vbucket and its state are durable when this returns; if it fails,
+    /// the vbucket does not exist (also after a crash at any point of it).
     pub fn create_vbucket(&self, vbid: Vbid, state: VbState) -> EngineResult<()> {
         self.check_running()?;
         if usize::from(vbid.0) >= self.shared.map.capacity() {
@@ -795,10 +929,13 @@ impl Engine {
             Ok(vb) => {
                 // A new active vbucket takes the bucket's collections.
                 let m = self.shared.current_manifest();
-                self.shared.apply_to(&vb, &m)
+                apply_to(&self.shared, &vb, &m)
             }
             Err((vb, e)) => {
                 // Lost a race with another create: remove ours.
+                if let Err(err) = vb.mark_deleted_durably() {
+                    tracing::warn!(%vbid, error = %err, "could not mark a losing create deleted");
+                }
                 vb.mark_deleting();
                 drop(vb);
                 Err(e)
@@ -806,7 +943,8 @@ impl Engine {
         }
     }
 
-    /// Changes a vbucket's state; persisted by the next flush.
+    /// Changes a vbucket's state; persisted by the next flush (durable once
+    /// [`Engine::flush`] returns, or shortly after in the background).
     pub fn set_vbucket_state(&self, vbid: Vbid, state: VbState) -> EngineResult<()> {
         self.check_running()?;
         let vb = self.shared.map.get(vbid)?;
@@ -815,45 +953,44 @@ impl Engine {
             d.state = state;
             d.state_dirty = true;
         }
-        self.shared.flusher.schedule(&vb);
+        flusher::schedule(&self.shared, &vb);
         if state == VbState::Active {
             // An activated vbucket catches up with the bucket's collections.
             let m = self.shared.current_manifest();
-            self.shared.apply_to(&vb, &m)?;
+            apply_to(&self.shared, &vb, &m)?;
         }
         Ok(())
     }
 
-    /// Deletes a vbucket without waiting for operations in flight; its files
-    /// are removed after the last of them finishes. With a cookie, returns
-    /// `WouldBlock` and notifies the cookie when the files are gone; the
-    /// caller re-issues the call to collect the result.
-    pub fn delete_vbucket(&self, cookie: Option<CookieId>, vbid: Vbid) -> EngineResult<()> {
-        if let Some(c) = cookie
-            && let Some(r) = self.shared.cookies.collect(c)
+    /// Deletes a vbucket: the shared body of every way to call it.
+    pub(crate) fn delete_vbucket_via(
+        &self,
+        via: Option<&Via>,
+        vbid: Vbid,
+    ) -> EngineResult<Step<()>> {
+        if let Some(Via::Client(c)) = via
+            && let Some(r) = self.shared.cookies.collect(*c, WaitKind::VbDeletion)
         {
-            return r.map(|_| ());
+            return r.map(|_| Step::Done(()));
         }
         self.check_running()?;
-        self.shared
-            .map
-            .delete(vbid, cookie.map(|c| (c, &*self.shared.cookies)))
+        let waiter = via.map(|v| DeleteWaiter {
+            owner: v.owner(),
+            slot: v.mailbox(),
+            cookies: &self.shared.cookies,
+        });
+        Ok(match self.shared.map.delete_with(vbid, waiter)? {
+            Some(_) => Step::Parked,
+            None => Step::Done(()),
+        })
     }
 
-    /// The caller behind `cookie` is gone: frees any state parked under it.
-    /// A manifest update it had persisted is applied anyway, so memory
-    /// matches what is on disk.
+    /// The caller behind `cookie` is gone: frees any state parked under it
+    /// and takes it out of every waiter list. A manifest update it had
+    /// persisted is applied anyway, so memory matches what is on disk.
     pub fn release_cookie(&self, cookie: CookieId) {
-        if self.shared.cookies.release(cookie) {
-            tracing::debug!(cookie, "released the state of a departed cookie");
-        }
-        if let Some(m) = self.shared.updates.disconnect(cookie)
-            && let Err(e) = self.shared.apply_manifest(&m)
-        {
-            tracing::error!(error = %e, "applying the manifest of a departed cookie failed");
-        }
+        release_owner(&self.shared, Owner::Client(cookie));
     }
-
     /// Compacts a vbucket's store, purging the items of its dropped
     /// collections; a vbucket delete stops it.
     pub fn compact(
@@ -872,46 +1009,36 @@ impl Engine {
             d.collections.purged(&dropped);
             d.state_dirty = true;
             drop(d);
-            self.shared.flusher.schedule(&vb);
+            flusher::schedule(&self.shared, &vb);
         }
         Ok(r)
     }
 
-    /// Applies a collections manifest (the would-block state machine of
-    /// DESIGN §8). The first call validates it against the current manifest,
-    /// starts persisting it in the background and returns `WouldBlock`; the
-    /// cookie is notified when that ends, and its next call applies the
-    /// manifest to every active vbucket (or returns the failure). While one
-    /// update is in flight, calls from other cookies get `Busy`. A failure or
-    /// a disconnect leaves the machine idle.
-    pub fn set_collections(&self, cookie: CookieId, json: &[u8]) -> EngineResult<()> {
+    /// Applies a collections manifest (the state machine of DESIGN §8): the
+    /// shared body of every way to call it.
+    pub(crate) fn set_collections_via(&self, via: &Via, json: &[u8]) -> EngineResult<Step<()>> {
         self.check_running()?;
-        match self.shared.cookies.collect(cookie) {
-            None => {}
-            Some(Err(e)) => return Err(e),
-            Some(Ok(_)) => {
-                return match self.shared.updates.take(cookie) {
-                    Some(m) => self.shared.apply_manifest(&m),
-                    None => Ok(()),
-                };
+        if let Via::Client(cookie) = via {
+            match self.shared.cookies.collect(*cookie, WaitKind::Manifest) {
+                None => {}
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => return finish_manifest(&self.shared, via.owner()).map(Step::Done),
             }
         }
         let next =
             Manifest::from_json(json).map_err(|e| EngineError::InvalidArguments(e.to_string()))?;
+        let serial = lock(&self.shared.manifest_lock);
         let current = self.shared.current_manifest();
         current
             .check_successor(&next)
             .map_err(|e| EngineError::CannotApplyManifest(e.to_string()))?;
         if next == *current {
-            return Ok(());
+            return Ok(Step::Done(()));
         }
-        let next = std::sync::Arc::new(next);
-        match self
-            .shared
-            .updates
-            .start(cookie, std::sync::Arc::clone(&next))
-        {
-            Start::Started => {}
+        let next = Arc::new(next);
+        let owner = via.owner();
+        match self.shared.updates.start(owner, Arc::clone(&next)) {
+            Start::Started => drop(serial),
             Start::AlreadyInFlight => return Err(EngineError::WouldBlock),
             Start::Busy { .. } => {
                 return Err(EngineError::Busy(
@@ -919,42 +1046,59 @@ impl Engine {
                 ));
             }
         }
-        if let Err(e) = self.shared.cookies.park(cookie, Waiting::Manifest) {
-            self.shared.updates.finished(cookie, false);
-            return Err(e);
-        }
+        let parked = match via {
+            Via::Client(c) => self.shared.cookies.park(*c, Waiting::Manifest),
+            Via::Local(o, m) => {
+                self.shared
+                    .cookies
+                    .park_local(*o, Waiting::Manifest, Arc::clone(m))
+            }
+        };
+        let ticket = match parked {
+            Ok(t) => t,
+            Err(e) => {
+                self.shared.updates.finished(owner, false);
+                return Err(e);
+            }
+        };
         let shared = Arc::clone(&self.shared);
         thread::spawn(move || {
-            let result = collections::persist::store(&shared.config.data_dir, &next);
+            let result = shared.manifest_store.store(&next);
             if let Err(e) = &result {
                 tracing::error!(error = %e, uid = next.uid, "persisting the collections manifest failed");
             }
-            match shared.updates.finished(cookie, result.is_ok()) {
+            let finished = {
+                let _serial = lock(&shared.manifest_lock);
+                let f = shared.updates.finished(owner, result.is_ok());
+                if let Finished::ApplyOrphan(m) = &f
+                    && let Err(e) = apply_manifest(&shared, m)
+                {
+                    tracing::error!(error = %e, "applying an orphaned manifest failed");
+                }
+                f
+            };
+            // Outside the lock: a client's notifier may re-issue at once.
+            match finished {
                 Finished::NotifySuccess => {
-                    shared.cookies.complete(cookie, |_| Ok(Outcome::Done));
+                    shared.cookies.complete(ticket, |_| Ok(Outcome::Done));
                 }
                 Finished::NotifyFailure => {
                     let msg = result.err().map(|e| e.to_string()).unwrap_or_default();
-                    shared.cookies.complete(cookie, |_| {
+                    shared.cookies.complete(ticket, |_| {
                         Err(EngineError::CannotApplyManifest(format!(
                             "persisting the manifest failed: {msg}"
                         )))
                     });
                 }
-                Finished::ApplyOrphan(m) => {
-                    if let Err(e) = shared.apply_manifest(&m) {
-                        tracing::error!(error = %e, "applying an orphaned manifest failed");
-                    }
-                }
-                Finished::DropOrphan | Finished::Stale => {}
+                Finished::ApplyOrphan(_) | Finished::DropOrphan | Finished::Stale => {}
             }
         });
-        Err(EngineError::WouldBlock)
+        Ok(Step::Parked)
     }
 
     /// The bucket's current collections manifest.
     #[must_use]
-    pub fn manifest(&self) -> std::sync::Arc<Manifest> {
+    pub fn manifest(&self) -> Arc<Manifest> {
         self.shared.current_manifest()
     }
 
@@ -1003,12 +1147,16 @@ impl Engine {
             .collect())
     }
 
-    /// Flushes every vbucket now, in the calling thread. Returns the first
-    /// flush error (the items stay dirty and are retried).
+    /// Flushes every vbucket now, in the calling thread, failing ones
+    /// included (their back-off is skipped). When it returns Ok, every
+    /// write made before the call is durable. Returns the first flush error
+    /// (the items stay dirty and are retried).
     pub fn flush(&self) -> EngineResult<()> {
         let mut first_err = None;
         for vb in self.shared.map.guards() {
-            if let Flushed::Failed(msg) = flush_vbucket(&vb, &self.shared) {
+            let outcome = flush_vbucket(&vb, &self.shared);
+            flusher::after_flush(&self.shared, &vb, &outcome);
+            if let Flushed::Failed(msg) = outcome {
                 first_err.get_or_insert(EngineError::TemporaryFailure(msg));
             }
         }
@@ -1016,6 +1164,7 @@ impl Engine {
     }
 
     /// Waits until the background flusher has nothing queued or running.
+    /// Vbuckets waiting out a back-off after a failure do not count.
     pub fn wait_for_flusher(&self) {
         self.shared.flusher.wait_idle();
     }
@@ -1034,17 +1183,18 @@ impl Engine {
     /// One vbucket's stats.
     pub fn vbucket_stats(&self, vbid: Vbid) -> EngineResult<VbStats> {
         let vb = self.shared.map.get(vbid)?;
-        Self::stats_of(&vb)
+        Ok(Self::stats_of(&vb))
     }
 
-    fn stats_of(vb: &VBucket) -> EngineResult<VbStats> {
+    fn stats_of(vb: &VBucket) -> VbStats {
         let (disk, disk_error) = match vb.store().info() {
             Ok(i) => (i, None),
             Err(e) => (StoreInfo::default(), Some(e.to_string())),
         };
+        let health = vb.health();
         let d = lock(&vb.data);
         let dirty = d.dirty.len() + d.flushing.as_ref().map_or(0, |f| f.len());
-        Ok(VbStats {
+        VbStats {
             vbid: vb.vbid(),
             state: d.state,
             high_seqno: Seqno(d.high_seqno),
@@ -1056,10 +1206,13 @@ impl Engine {
             flushed_items: vb.counters.items.load(Ordering::Relaxed),
             flush_time: Duration::from_nanos(vb.counters.nanos.load(Ordering::Relaxed)),
             flush_failures: vb.counters.failures.load(Ordering::Relaxed),
+            flush_retries: vb.counters.retries.load(Ordering::Relaxed),
+            store_reopens: vb.counters.reopens.load(Ordering::Relaxed),
+            health,
             flush_error: d.flush_error.clone(),
             disk,
             disk_error,
-        })
+        }
     }
 
     /// Engine-wide stats.
@@ -1069,31 +1222,49 @@ impl Engine {
             memory_quota: self.shared.memory.quota,
             pending_deletions: self.shared.deleter.pending(),
             cookies: self.shared.cookies.len(),
+            backing_off: self.shared.flusher.delayed(),
+            collections_update_in_flight: {
+                let _serial = lock(&self.shared.manifest_lock);
+                self.shared.updates.in_flight().is_some()
+            },
             ..EngineStats::default()
         };
         for vb in self.shared.map.guards() {
             s.vbuckets += 1;
-            if let Ok(v) = Self::stats_of(&vb) {
-                s.items += v.items;
-                s.dirty_items += v.dirty_items;
-                s.flush_batches += v.flush_batches;
-                s.flushed_items += v.flushed_items;
-                s.flush_time += v.flush_time;
-                s.flush_failures += v.flush_failures;
-                s.disk_bytes += v.disk.file_bytes;
-            }
+            let v = Self::stats_of(&vb);
+            s.items += v.items;
+            s.dirty_items += v.dirty_items;
+            s.flush_batches += v.flush_batches;
+            s.flushed_items += v.flushed_items;
+            s.flush_time += v.flush_time;
+            s.flush_failures += v.flush_failures;
+            s.flush_retries += v.flush_retries;
+            s.store_reopens += v.store_reopens;
+            s.failing_vbuckets += usize::from(v.health != VbHealth::Healthy);
+            s.disk_bytes += v.disk.file_bytes;
         }
         s
     }
 
-    /// Flushes everything, stops the background threads, and lets go of the
-    /// vbuckets (nothing is deleted). Pending deletions finish first.
-    pub fn shutdown(self) -> EngineResult<()> {
+    /// Flushes everything, stops the background threads, lets go of the
+    /// vbuckets (nothing is deleted) and closes the backend, which releases
+    /// the data directory ([`kvstore_core::KvStore::close`]). Pending deletions finish first. It
+    /// takes `&self`, so a shared `Arc<Engine>` can be shut down; every
+    /// later call gets `ShuttingDown`, and a second shutdown does nothing.
+    /// When it returns Ok, every write acknowledged before it is durable.
+    pub fn shutdown(&self) -> EngineResult<()> {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        if self.shared.shutting_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.shared.flusher.wait_idle();
         let flushed = self.flush();
-        self.shared.shutting_down.store(true, Ordering::Release);
+        // No new flush tasks from here; the ones queued finish (and let go
+        // of the engine) before this returns.
         self.shared.flusher.shutdown();
+        self.shared.flusher.wait_idle();
         self.shared.deleter.shutdown();
-        for t in std::mem::take(&mut *lock(&self.threads)) {
+        for t in threads {
             if t.join().is_err() {
                 tracing::error!("a background thread panicked");
             }
@@ -1101,8 +1272,11 @@ impl Engine {
         // Anything queued after the threads stopped.
         self.shared.deleter.run_pending();
         drop(self.shared.map.clear());
+        // Let go of the data directory, so that it can be opened again at
+        // once (by this process too).
+        let closed = self.shared.kv.close().map_err(EngineError::from);
         tracing::info!("engine shut down");
-        flushed
+        flushed.and(closed)
     }
 }
 
@@ -1118,5 +1292,38 @@ impl Drop for Engine {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// The result of a persistence wait.
+pub(crate) fn outcome_mutation(o: Outcome) -> EngineResult<MutationResult> {
+    match o {
+        Outcome::Mutation(m) => Ok(m),
+        Outcome::Done => Err(EngineError::InvalidArguments(
+            "a persistence wait completed without a mutation".into(),
+        )),
+    }
+}
+
+/// A manifest update of `owner` was persisted: apply it now.
+pub(crate) fn finish_manifest(shared: &Arc<Shared>, owner: Owner) -> EngineResult<()> {
+    let _serial = lock(&shared.manifest_lock);
+    match shared.updates.take(owner) {
+        Some(m) => apply_manifest(shared, &m),
+        None => Ok(()),
+    }
+}
+
+/// The caller behind `owner` is gone: frees its parked state and takes it
+/// out of every waiter list; a manifest it had persisted is applied.
+pub(crate) fn release_owner(shared: &Arc<Shared>, owner: Owner) {
+    if shared.cookies.release_owner(owner) {
+        tracing::debug!(?owner, "released the state of a departed caller");
+    }
+    let _serial = lock(&shared.manifest_lock);
+    if let Some(m) = shared.updates.disconnect(owner)
+        && let Err(e) = apply_manifest(shared, &m)
+    {
+        tracing::error!(error = %e, "applying the manifest of a departed caller failed");
     }
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    /// The call cannot finish now. Its state is kept under the caller's
-    /// cookie; the engine calls the notifier later and the caller re-issues
-    /// the call to collect the result.
+    /// The call cannot finish now (cookie calls only, [`crate::Engine::cookie`]).
+    /// Its state is kept under the caller's cookie; the engine calls the
+    /// notifier later and the caller re-issues the call to collect the
+    /// result. The Rust API never returns it: it waits instead.
     #[error("would block; the result is delivered through the cookie")]
     WouldBlock,
     /// The vbucket does not exist here or is not in a state to serve the call.

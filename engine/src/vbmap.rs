@@ -12,7 +12,7 @@
 //! - A vbucket may be created again at once; the new incarnation has a new
 //!   revision and its own store, while guards on the old one live on.
 
-use crate::cookie::{CookieId, CookieTable, Waiting};
+use crate::cookie::{CookieId, CookieTable, Mailbox, Owner, Ticket, Waiting};
 use crate::error::{EngineError, EngineResult};
 use crate::sync::{Arc, Mutex, lock};
 use crate::vbucket::VBucket;
@@ -22,6 +22,13 @@ use std::ops::Deref;
 /// One slot, aligned so neighbouring slots never share a cache line.
 #[repr(align(128))]
 struct Slot(Mutex<Option<Arc<VBucket>>>);
+
+/// Who waits for a vbucket deletion to finish.
+pub(crate) struct DeleteWaiter<'a> {
+    pub(crate) owner: Owner,
+    pub(crate) slot: Option<Arc<Mailbox>>,
+    pub(crate) cookies: &'a CookieTable,
+}
 
 /// The map of vbucket slots.
 pub struct VBucketMap {
@@ -110,30 +117,62 @@ impl VBucketMap {
     /// Deletes the current incarnation of `vbid` without waiting for its
     /// guards. With a cookie, the call parks it and returns `WouldBlock`; the
     /// cookie is told when the files are gone. Of two racing deletes, one
-    /// succeeds and the other gets `NotMyVbucket`.
+    /// succeeds and the other gets `NotMyVbucket`. When the backend cannot
+    /// make the deletion durable, the error is returned and the vbucket
+    /// stays as it was.
     pub fn delete(&self, vbid: Vbid, notify: Option<(CookieId, &CookieTable)>) -> EngineResult<()> {
-        let slot = self.slot(vbid)?;
-        if let Some((cookie, cookies)) = notify {
-            cookies.park(cookie, Waiting::VbDeletion { vbid })?;
-        }
-        let Some(vb) = lock(&slot.0).take() else {
-            if let Some((cookie, cookies)) = notify {
-                cookies.release(cookie);
-            }
-            return Err(EngineError::NotMyVbucket(vbid));
-        };
-        // The map's reference is still held here, so the last drop (and the
-        // deletion it queues) comes after the mark.
-        vb.mark_deleting();
-        if let Some((cookie, _)) = notify {
-            vb.notify_on_destroy(cookie);
-        }
-        tracing::info!(%vbid, revision = %vb.store().revision(), "vbucket deleted; files go when the last guard drops");
-        drop(vb);
-        match notify {
+        let waiter = notify.map(|(cookie, cookies)| DeleteWaiter {
+            owner: Owner::Client(cookie),
+            slot: None,
+            cookies,
+        });
+        match self.delete_with(vbid, waiter)? {
             Some(_) => Err(EngineError::WouldBlock),
             None => Ok(()),
         }
+    }
+
+    /// [`VBucketMap::delete`] for any waiter; returns its ticket.
+    pub(crate) fn delete_with(
+        &self,
+        vbid: Vbid,
+        waiter: Option<DeleteWaiter<'_>>,
+    ) -> EngineResult<Option<Ticket>> {
+        let slot = self.slot(vbid)?;
+        // The slot stays locked until the deletion is durable or refused:
+        // lookups of this vbucket wait that long, and a racing delete or
+        // create sees either the old incarnation or none.
+        let mut s = lock(&slot.0);
+        let Some(vb) = s.as_ref() else {
+            return Err(EngineError::NotMyVbucket(vbid));
+        };
+        let ticket = match &waiter {
+            Some(w) => Some(w.cookies.park_in(
+                w.owner,
+                Waiting::VbDeletion { vbid },
+                &vb.waiters,
+                w.slot.clone(),
+                |l, t| l.deletion.push(t),
+            )?),
+            None => None,
+        };
+        if let Err(e) = vb.mark_deleted_durably() {
+            tracing::error!(%vbid, error = %e, "could not mark the vbucket deleted; it stays");
+            if let Some(w) = &waiter {
+                w.cookies.release_owner(w.owner);
+            }
+            return Err(e.into());
+        }
+        let Some(vb) = s.take() else {
+            return Err(EngineError::NotMyVbucket(vbid));
+        };
+        drop(s);
+        // Our reference is still held here, so the last drop (and the
+        // deletion it queues) comes after the mark.
+        vb.mark_deleting();
+        tracing::info!(%vbid, revision = %vb.store().revision(), "vbucket deleted; files go when the last guard drops");
+        drop(vb);
+        Ok(ticket)
     }
 
     /// The vbids that have an incarnation now.

@@ -2,14 +2,15 @@
 //! CAS, the dirty queue), and the deferred deletion that runs when the last
 //! reference to a deleted incarnation drops.
 
-use crate::cookie::{CookieId, CookieTable};
+use crate::cookie::{CookieTable, WaiterList};
 use crate::deleter::{Deleter, DeletionJob};
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 use kvstore_core::{
     CancelToken, Cas, DiskKey, Document, FailoverEntry, KvStore, Seqno, StoreResult, VbState,
     VbStore, Vbid, VbucketState,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Bytes an in-memory item costs beyond its key and value.
 pub(crate) const ITEM_OVERHEAD: u64 = 128;
@@ -37,8 +38,6 @@ pub(crate) struct VbData {
     pub(crate) flush_gen: u64,
     /// The vbucket state changed and must be persisted.
     pub(crate) state_dirty: bool,
-    /// Cookies waiting for a seqno to be persisted.
-    pub(crate) persist_waiters: BTreeMap<u64, Vec<CookieId>>,
     /// Live documents, counting dirty ones.
     pub(crate) live_items: u64,
     /// Bytes of dirty and flushing items.
@@ -94,6 +93,53 @@ pub(crate) struct FlushCounters {
     pub(crate) items: AtomicU64,
     pub(crate) nanos: AtomicU64,
     pub(crate) failures: AtomicU64,
+    /// Flushes attempted while the vbucket was failing.
+    pub(crate) retries: AtomicU64,
+    /// Store handles reopened after a failure.
+    pub(crate) reopens: AtomicU64,
+}
+
+/// Whether a vbucket's store is persisting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VbHealth {
+    /// The last flush succeeded (or none failed yet).
+    Healthy,
+    /// Flushes are failing. The vbucket keeps serving from memory and
+    /// keeps its dirty items; the next attempt reopens the store from its
+    /// last durable commit and flushes them again.
+    Failing {
+        /// Failed flushes in a row.
+        consecutive_failures: u32,
+        /// How long until the next attempt (zero: due now).
+        retry_in: Duration,
+        /// The last error.
+        error: String,
+    },
+}
+
+/// The back-off state of one vbucket's flushes.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub(crate) consecutive: u32,
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) error: Option<String>,
+    /// The store must be reopened before the next commit.
+    pub(crate) reopen: bool,
+}
+
+impl Health {
+    pub(crate) fn report(&self, now: Instant) -> VbHealth {
+        match &self.error {
+            None => VbHealth::Healthy,
+            Some(e) => VbHealth::Failing {
+                consecutive_failures: self.consecutive,
+                retry_in: self
+                    .retry_at
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now)),
+                error: e.clone(),
+            },
+        }
+    }
 }
 
 /// A vbucket incarnation.
@@ -103,7 +149,8 @@ pub(crate) struct FlushCounters {
 /// queued by `Drop`, which runs after the last one is gone.
 pub struct VBucket {
     vbid: Vbid,
-    store: std::sync::Arc<dyn VbStore>,
+    /// The store handle; replaced when a failed store is reopened.
+    store: Mutex<std::sync::Arc<dyn VbStore>>,
     kv: std::sync::Arc<dyn KvStore>,
     deleter: Arc<Deleter>,
     pub(crate) cookies: Arc<CookieTable>,
@@ -113,16 +160,21 @@ pub struct VBucket {
     /// Held for a whole flush: one flush of a vbucket at a time.
     pub(crate) flush_lock: Mutex<()>,
     pub(crate) flush_scheduled: AtomicBool,
+    /// A flush task found the flush lock taken and left its work to the
+    /// holder, which schedules another flush when it is done.
+    pub(crate) flush_again: AtomicBool,
     persisted: AtomicU64,
-    delete_waiters: Mutex<Vec<CookieId>>,
+    /// Tickets parked on this incarnation.
+    pub(crate) waiters: Arc<WaiterList>,
     pub(crate) counters: FlushCounters,
+    pub(crate) health: Mutex<Health>,
 }
 
 impl std::fmt::Debug for VBucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VBucket")
             .field("vbid", &self.vbid)
-            .field("revision", &self.store.revision())
+            .field("revision", &self.store().revision())
             .field("deleting", &self.is_deleting())
             .finish_non_exhaustive()
     }
@@ -141,7 +193,7 @@ impl VBucket {
     ) -> Self {
         VBucket {
             vbid: store.vbid(),
-            store,
+            store: Mutex::new(store),
             kv,
             deleter,
             cookies,
@@ -150,14 +202,19 @@ impl VBucket {
             data: Mutex::new(data),
             flush_lock: Mutex::new(()),
             flush_scheduled: AtomicBool::new(false),
+            flush_again: AtomicBool::new(false),
             persisted: AtomicU64::new(persisted.0),
-            delete_waiters: Mutex::new(Vec::new()),
+            waiters: Arc::new(WaiterList::default()),
             counters: FlushCounters::default(),
+            health: Mutex::new(Health::default()),
         }
     }
 
     /// Creates a new incarnation of `vbid` in the backend, with `state`
-    /// committed durably before it is returned.
+    /// committed durably before it is returned. If that commit fails, the
+    /// new revision is removed again; a crash before it lands leaves a
+    /// store without state, which warmup discards: either way the vbucket
+    /// does not exist, and can be created again.
     pub fn create(
         vbid: Vbid,
         state: VbState,
@@ -175,7 +232,17 @@ impl VBucket {
             }],
             ..VbData::default()
         };
-        store.commit(kvstore_core::CommitBatch::new().vbstate(data.vbstate()))?;
+        if let Err(e) = store.commit(kvstore_core::CommitBatch::new().vbstate(data.vbstate())) {
+            let revision = store.revision();
+            drop(store);
+            if let Err(e2) = kv
+                .mark_deleted(vbid, revision)
+                .and_then(|()| kv.destroy(vbid, revision))
+            {
+                tracing::warn!(%vbid, %revision, error = %e2, "could not remove a half-created vbucket; warmup will");
+            }
+            return Err(e);
+        }
         Ok(Self::new(store, kv, deleter, cookies, data, Seqno(0)))
     }
 
@@ -185,10 +252,46 @@ impl VBucket {
         self.vbid
     }
 
-    /// The store of this incarnation.
+    /// The store of this incarnation. After a failure the engine may
+    /// replace the handle with a fresh one on the same revision, so hold the
+    /// returned handle only as long as needed.
     #[must_use]
-    pub fn store(&self) -> &std::sync::Arc<dyn VbStore> {
-        &self.store
+    pub fn store(&self) -> std::sync::Arc<dyn VbStore> {
+        std::sync::Arc::clone(&lock(&self.store))
+    }
+
+    /// Puts a reopened handle in place of a failed one.
+    pub(crate) fn replace_store(&self, store: std::sync::Arc<dyn VbStore>) {
+        *lock(&self.store) = store;
+    }
+
+    /// Reads through the store. A read that meets a poisoned handle waits
+    /// for the flush in progress (which reopens the store after the failed
+    /// sync that poisoned it) and is tried once more on the handle then in
+    /// place. Memory holds every item not yet durable, so what a fresh
+    /// handle shows is never newer than what the engine serves.
+    pub(crate) fn read_store<T>(
+        &self,
+        read: impl Fn(&dyn VbStore) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        match read(&*self.store()) {
+            Err(e) if e.is_poisoned() => {
+                drop(lock(&self.flush_lock));
+                read(&*self.store())
+            }
+            r => r,
+        }
+    }
+
+    /// The backend.
+    pub(crate) fn kv(&self) -> &std::sync::Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    /// How its flushes are doing.
+    #[must_use]
+    pub fn health(&self) -> VbHealth {
+        lock(&self.health).report(Instant::now())
     }
 
     /// The vbucket's state.
@@ -220,25 +323,20 @@ impl VBucket {
         self.deleting.load(Ordering::Acquire)
     }
 
-    /// Marks the incarnation deleted, stops a running compaction of it, and
-    /// makes the deletion durable in the backend, so that a crash before
-    /// the last guard drops cannot bring the vbucket back at warmup.
+    /// Makes the coming deletion durable in the backend, so that a crash
+    /// before the last guard drops cannot bring the vbucket back at warmup.
+    pub(crate) fn mark_deleted_durably(&self) -> StoreResult<()> {
+        self.kv.mark_deleted(self.vbid, self.store().revision())
+    }
+
+    /// Marks the incarnation deleted and stops a running compaction of it;
+    /// its files go when the last reference drops.
     pub(crate) fn mark_deleting(&self) {
         if self.deleting.swap(true, Ordering::AcqRel) {
             return;
         }
         self.deleter.announce();
         self.compaction.cancel();
-        if let Err(e) = self.kv.mark_deleted(self.vbid, self.store.revision()) {
-            // The files still go when the last guard drops; only a crash
-            // before that could bring them back.
-            tracing::error!(vbid = %self.vbid, error = %e, "could not mark the deleted vbucket durably");
-        }
-    }
-
-    /// Asks to be told (through `cookie`) when the files are gone.
-    pub(crate) fn notify_on_destroy(&self, cookie: CookieId) {
-        lock(&self.delete_waiters).push(cookie);
     }
 
     /// The data lock and the current version of `key`: in memory if it is
@@ -257,7 +355,7 @@ impl VBucket {
             }
             let generation = d.flush_gen;
             drop(d);
-            let disk = self.store.get(key)?;
+            let disk = self.read_store(|s| s.get(key))?;
             let d = lock(&self.data);
             if d.flush_gen == generation {
                 if let Some(doc) = d.memory(key) {
@@ -275,20 +373,13 @@ impl Drop for VBucket {
         if !self.deleting.load(Ordering::Acquire) {
             return;
         }
-        let parked: Vec<CookieId> = {
-            let mut d = lock(&self.data);
-            std::mem::take(&mut d.persist_waiters)
-                .into_values()
-                .flatten()
-                .collect()
-        };
-        let notify = std::mem::take(&mut *lock(&self.delete_waiters));
+        let waiters = self.waiters.take_all();
         self.deleter.push(DeletionJob {
             vbid: self.vbid,
             kv: std::sync::Arc::clone(&self.kv),
-            store: std::sync::Arc::clone(&self.store),
-            parked,
-            notify,
+            store: self.store(),
+            parked: waiters.persist.into_values().flatten().collect(),
+            notify: waiters.deletion,
             cookies: Arc::clone(&self.cookies),
         });
     }

@@ -23,12 +23,12 @@ fn cookie() -> u64 {
 /// Runs `set_collections` through the would-block protocol to its result.
 fn set_manifest(o: &Opened, json: &str) -> Result<(), EngineError> {
     let c = cookie();
-    match o.engine.set_collections(c, json.as_bytes()) {
+    match o.engine.cookie(c).set_collections(json.as_bytes()) {
         Err(EngineError::WouldBlock) => {}
         other => return other,
     }
     let _ = o.notes.wait(c);
-    o.engine.set_collections(c, json.as_bytes())
+    o.engine.cookie(c).set_collections(json.as_bytes())
 }
 
 /// A manifest of the default scope and collection plus `colls` (name, id,
@@ -79,13 +79,13 @@ fn update_succeeds_through_would_block_and_collect() {
     let o = active(dir.path(), couch());
     let e = &o.engine;
     assert!(matches!(
-        e.set(1, V0, &fruit_key("a"), "v", WriteOptions::default()),
+        e.set(V0, &fruit_key("a"), "v", WriteOptions::default()),
         Err(EngineError::UnknownCollection { manifest_uid: 0 })
     ));
     let m = json(1, &[], &[("fruit", 8, 0, None)]);
     let c = cookie();
     assert!(matches!(
-        e.set_collections(c, m.as_bytes()),
+        e.cookie(c).set_collections(m.as_bytes()),
         Err(EngineError::WouldBlock)
     ));
     assert_eq!(o.notes.wait(c), Ok(()));
@@ -94,10 +94,10 @@ fn update_succeeds_through_would_block_and_collect() {
         0,
         "applied only when the cookie comes back"
     );
-    e.set_collections(c, m.as_bytes()).unwrap();
+    e.cookie(c).set_collections(m.as_bytes()).unwrap();
     assert_eq!(e.manifest().uid, 1);
     assert!(e.vbucket_collections(V0).unwrap().matches(&e.manifest()));
-    e.set(1, V0, &fruit_key("a"), "v", WriteOptions::default())
+    e.set(V0, &fruit_key("a"), "v", WriteOptions::default())
         .unwrap();
     assert_eq!(
         e.collection_id("_default.fruit").unwrap(),
@@ -119,42 +119,42 @@ fn update_succeeds_through_would_block_and_collect() {
     let fruit = stats.iter().find(|c| c.name == "fruit").unwrap();
     assert_eq!(fruit.stats.items, 1);
     // The same manifest again is a no-op success, without blocking.
-    e.set_collections(cookie(), m.as_bytes()).unwrap();
+    e.cookie(cookie()).set_collections(m.as_bytes()).unwrap();
     assert_eq!(e.stats().cookies, 0);
 }
 
 /// Upstream's SetCollectionsWithNoDirectory: a persistence failure gives
 /// `CannotApplyManifest` and changes nothing; once the directory is back
-/// the same manifest succeeds.
+/// the same manifest succeeds. (The memory backend persists nothing, so it
+/// needs no directory: see `regressions::memory_backend_keeps_nothing_on_disk`.)
 #[test]
 fn set_collections_with_no_directory() {
-    for backend in [Backend::Memory, couch()] {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let o = active(&data, backend);
-        let m = json(1, &[], &[("fruit", 8, 0, None)]);
-        std::fs::remove_dir_all(&data).unwrap();
-        match set_manifest(&o, &m) {
-            Err(EngineError::CannotApplyManifest(msg)) => {
-                assert!(msg.contains("persisting"), "{msg}")
-            }
-            other => panic!("{other:?}"),
+    let backend = couch();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let o = active(&data, backend);
+    let m = json(1, &[], &[("fruit", 8, 0, None)]);
+    std::fs::remove_dir_all(&data).unwrap();
+    match set_manifest(&o, &m) {
+        Err(EngineError::CannotApplyManifest(msg)) => {
+            assert!(msg.contains("persisting"), "{msg}")
         }
-        assert_eq!(o.engine.manifest().uid, 0, "nothing applied");
-        assert!(
-            o.engine
-                .vbucket_collections(V0)
-                .unwrap()
-                .collection(CollectionId(8))
-                .is_none()
-        );
-        std::fs::create_dir(&data).unwrap();
-        set_manifest(&o, &m).unwrap();
-        assert_eq!(o.engine.manifest().uid, 1);
-        assert!(data.join("collections.manifest").exists());
-        assert_eq!(o.engine.stats().cookies, 0);
+        other => panic!("{other:?}"),
     }
+    assert_eq!(o.engine.manifest().uid, 0, "nothing applied");
+    assert!(
+        o.engine
+            .vbucket_collections(V0)
+            .unwrap()
+            .collection(CollectionId(8))
+            .is_none()
+    );
+    std::fs::create_dir(&data).unwrap();
+    set_manifest(&o, &m).unwrap();
+    assert_eq!(o.engine.manifest().uid, 1);
+    assert!(data.join("collections.manifest").exists());
+    assert_eq!(o.engine.stats().cookies, 0);
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn non_successors_are_rejected_and_change_nothing() {
         json(5, &[("shop", 9)], &[("fruit", 8, 0, None)]),
     ];
     for m in &cases {
-        match o.engine.set_collections(cookie(), m.as_bytes()) {
+        match o.engine.cookie(cookie()).set_collections(m.as_bytes()) {
             Err(EngineError::CannotApplyManifest(_)) => {}
             other => panic!("{m}: {other:?}"),
         }
@@ -206,7 +206,7 @@ fn non_successors_are_rejected_and_change_nothing() {
         r#"{"uid":"zz","scopes":[]}"#,
     ] {
         assert!(matches!(
-            o.engine.set_collections(cookie(), bad.as_bytes()),
+            o.engine.cookie(cookie()).set_collections(bad.as_bytes()),
             Err(EngineError::InvalidArguments(_))
         ));
     }
@@ -235,7 +235,6 @@ fn update_survives_warmup_and_junk_fails_it() {
         for i in 0..10 {
             o.engine
                 .set(
-                    1,
                     V0,
                     &fruit_key(&format!("k{i}")),
                     "v",
@@ -265,7 +264,7 @@ fn update_survives_warmup_and_junk_fails_it() {
     .unwrap();
     let mut cfg = EngineConfig::new(dir.path());
     cfg.vbuckets = 16;
-    match Engine::open(cfg, std::sync::Arc::new(engine::NoNotify)) {
+    match Engine::open_with_notifier(cfg, std::sync::Arc::new(engine::NoNotify)) {
         Err(EngineError::Warmup(msg)) => {
             assert!(
                 msg.contains("collections.manifest") && msg.contains("magic"),
@@ -281,43 +280,45 @@ fn a_second_cookie_is_busy_until_the_first_completes_fails_or_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let o = active(&data, Backend::Memory);
+    // Couchfile: the memory backend keeps its manifest in memory only, so
+    // removing the directory would not make its persistence fail.
+    let o = active(&data, couch());
     let e = &o.engine;
     let m1 = json(1, &[], &[("a", 8, 0, None)]);
     let m2 = json(2, &[], &[("a", 8, 0, None), ("b", 9, 0, None)]);
     // Completes.
     let (a, b) = (cookie(), cookie());
     assert!(matches!(
-        e.set_collections(a, m1.as_bytes()),
+        e.cookie(a).set_collections(m1.as_bytes()),
         Err(EngineError::WouldBlock)
     ));
     assert!(matches!(
-        e.set_collections(b, m2.as_bytes()),
+        e.cookie(b).set_collections(m2.as_bytes()),
         Err(EngineError::Busy(_))
     ));
     let _ = o.notes.wait(a);
     assert!(
         matches!(
-            e.set_collections(b, m2.as_bytes()),
+            e.cookie(b).set_collections(m2.as_bytes()),
             Err(EngineError::Busy(_))
         ),
         "persisted, not yet collected"
     );
-    e.set_collections(a, m1.as_bytes()).unwrap();
+    e.cookie(a).set_collections(m1.as_bytes()).unwrap();
     set_manifest(&o, &m2).unwrap();
     // Fails: the machine is free at once, before the error is collected.
     let m3 = json(3, &[], &[("a", 8, 0, None)]);
     std::fs::remove_dir_all(&data).unwrap();
     let a = cookie();
     assert!(matches!(
-        e.set_collections(a, m3.as_bytes()),
+        e.cookie(a).set_collections(m3.as_bytes()),
         Err(EngineError::WouldBlock)
     ));
     assert!(o.notes.wait(a).is_err());
     std::fs::create_dir(&data).unwrap();
     set_manifest(&o, &m3).unwrap();
     assert!(matches!(
-        e.set_collections(a, m3.as_bytes()),
+        e.cookie(a).set_collections(m3.as_bytes()),
         Err(EngineError::CannotApplyManifest(_))
     ));
     // Disconnects: its persisted manifest is applied anyway, and the next
@@ -325,7 +326,7 @@ fn a_second_cookie_is_busy_until_the_first_completes_fails_or_leaves() {
     let m4 = json(4, &[], &[("a", 8, 0, None), ("c", 10, 0, None)]);
     let a = cookie();
     assert!(matches!(
-        e.set_collections(a, m4.as_bytes()),
+        e.cookie(a).set_collections(m4.as_bytes()),
         Err(EngineError::WouldBlock)
     ));
     e.release_cookie(a);
@@ -349,10 +350,9 @@ fn max_ttl_caps_new_documents() {
     set_manifest(&o, &json(1, &[], &[("fruit", 8, 0, Some(100))])).unwrap();
     let now = o.clock.secs.load(Ordering::SeqCst);
     let e = &o.engine;
-    e.set(1, V0, &fruit_key("none"), "v", WriteOptions::default())
+    e.set(V0, &fruit_key("none"), "v", WriteOptions::default())
         .unwrap();
     e.set(
-        1,
         V0,
         &fruit_key("long"),
         "v",
@@ -363,7 +363,6 @@ fn max_ttl_caps_new_documents() {
     )
     .unwrap();
     e.set(
-        1,
         V0,
         &fruit_key("short"),
         "v",
@@ -391,7 +390,7 @@ fn max_ttl_caps_new_documents() {
         Err(EngineError::KeyNotFound)
     ));
     // The default collection has no maxTTL.
-    e.set(1, V0, &common::key("d"), "v", WriteOptions::default())
+    e.set(V0, &common::key("d"), "v", WriteOptions::default())
         .unwrap();
     assert_eq!(e.get(V0, &common::key("d")).unwrap().meta.expiry, 0);
 }
@@ -465,16 +464,10 @@ fn resurrection(backend: Backend, cycles: u32, drop_at_end: bool) {
         .collection(CollectionId(8))
         .unwrap()
         .start;
-    e.set(1, V0, &fruit_key("gen0"), "0", WriteOptions::default())
+    e.set(V0, &fruit_key("gen0"), "0", WriteOptions::default())
         .unwrap();
-    e.set(
-        1,
-        V0,
-        &fruit_key("shared"),
-        "gen 0",
-        WriteOptions::default(),
-    )
-    .unwrap();
+    e.set(V0, &fruit_key("shared"), "gen 0", WriteOptions::default())
+        .unwrap();
     e.flush().unwrap();
     let mut last_drop = 0;
     for cycle in 1..=cycles {
@@ -507,7 +500,6 @@ fn resurrection(backend: Backend, cycles: u32, drop_at_end: bool) {
             Err(EngineError::KeyNotFound)
         ));
         e.set(
-            1,
             V0,
             &fruit_key("shared"),
             format!("gen {cycle}"),
@@ -784,7 +776,6 @@ fn dropped_collection_items_vanish_at_once_and_compaction_purges_them() {
     set_manifest(&o, &json(1, &[], &[("fruit", 8, 0, None)])).unwrap();
     for i in 0..100 {
         e.set(
-            1,
             V0,
             &fruit_key(&format!("k{i}")),
             "v",
@@ -792,7 +783,7 @@ fn dropped_collection_items_vanish_at_once_and_compaction_purges_them() {
         )
         .unwrap();
     }
-    e.set(1, V0, &common::key("keep"), "v", WriteOptions::default())
+    e.set(V0, &common::key("keep"), "v", WriteOptions::default())
         .unwrap();
     assert_eq!(e.vbucket_stats(V0).unwrap().items, 101);
     // Some of them still dirty when the drop lands.

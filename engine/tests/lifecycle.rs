@@ -8,7 +8,7 @@ mod common;
 use common::{key, open};
 use engine::{Backend, EngineError, WriteOptions};
 use kvstore_core::{
-    Cas, CompactionConfig, ScanControl, ScanOptions, ScanStatus, Seqno, StoreError, VbState, Vbid,
+    CompactionConfig, ScanControl, ScanOptions, ScanStatus, Seqno, StoreError, VbState, Vbid,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -64,7 +64,7 @@ fn concurrent_operations_while_deleting() {
                 while !stop.load(Ordering::SeqCst) {
                     let k = key(&format!("t{t}-{i}"));
                     let r = e
-                        .set(1, Vbid(0), &k, "v", WriteOptions::default())
+                        .set(Vbid(0), &k, "v", WriteOptions::default())
                         .map(|_| ())
                         .and_then(|()| e.get(Vbid(0), &k).map(|_| ()));
                     match r {
@@ -79,7 +79,7 @@ fn concurrent_operations_while_deleting() {
         .collect();
     start.wait();
     std::thread::sleep(std::time::Duration::from_millis(50));
-    e.delete_vbucket(None, Vbid(0)).unwrap();
+    e.delete_vbucket(Vbid(0)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     stop.store(true, Ordering::SeqCst);
     for w in workers {
@@ -104,7 +104,6 @@ fn delete_while_scanning() {
     e.create_vbucket(Vbid(0), VbState::Active).unwrap();
     for i in 0..500 {
         e.set(
-            1,
             Vbid(0),
             &key(&format!("k{i:03}")),
             "v",
@@ -131,7 +130,7 @@ fn delete_while_scanning() {
         .unwrap(),
         ScanStatus::Yielded
     );
-    e.delete_vbucket(None, Vbid(0)).unwrap();
+    e.delete_vbucket(Vbid(0)).unwrap();
     assert!(matches!(
         e.get(Vbid(0), &key("k000")),
         Err(EngineError::NotMyVbucket(_))
@@ -177,7 +176,7 @@ fn concurrent_delete() {
                 let (e, b, w) = (e.clone(), barrier.clone(), wins.clone());
                 std::thread::spawn(move || {
                     b.wait();
-                    match e.delete_vbucket(None, Vbid(3)) {
+                    match e.delete_vbucket(Vbid(3)) {
                         Ok(()) => {
                             w.fetch_add(1, Ordering::SeqCst);
                         }
@@ -205,13 +204,13 @@ fn delete_then_recreate_then_flush_state() {
         let o = open(dir.path(), couch(), 1);
         let e = &o.engine;
         e.create_vbucket(Vbid(2), VbState::Active).unwrap();
-        e.set(1, Vbid(2), &key("old"), "v", WriteOptions::default())
+        e.set(Vbid(2), &key("old"), "v", WriteOptions::default())
             .unwrap();
         e.flush().unwrap();
         let old_guard = e.vbucket(Vbid(2)).unwrap();
-        e.delete_vbucket(None, Vbid(2)).unwrap();
+        e.delete_vbucket(Vbid(2)).unwrap();
         e.create_vbucket(Vbid(2), VbState::Active).unwrap();
-        e.set(1, Vbid(2), &key("new"), "v", WriteOptions::default())
+        e.set(Vbid(2), &key("new"), "v", WriteOptions::default())
             .unwrap();
         e.set_vbucket_state(Vbid(2), VbState::Replica).unwrap();
         e.flush().unwrap();
@@ -248,7 +247,6 @@ fn compaction_cancelled_by_delete_then_succeeds_after_recreate() {
     for i in 0..60_000u32 {
         common::retry(|| {
             e.set(
-                1,
                 Vbid(1),
                 &key(&format!("k{i:06}")),
                 value.clone(),
@@ -279,7 +277,7 @@ fn compaction_cancelled_by_delete_then_succeeds_after_recreate() {
         }
     });
     std::thread::sleep(std::time::Duration::from_millis(30));
-    e.delete_vbucket(None, Vbid(1)).unwrap();
+    e.delete_vbucket(Vbid(1)).unwrap();
     let results = compactor.join().unwrap();
     assert!(
         results
@@ -296,14 +294,13 @@ fn compaction_cancelled_by_delete_then_succeeds_after_recreate() {
     e.create_vbucket(Vbid(1), VbState::Active).unwrap();
     for i in 0..100u32 {
         e.set(
-            1,
             Vbid(1),
             &key(&format!("n{i}")),
             "v",
             WriteOptions::default(),
         )
         .unwrap();
-        e.delete(1, Vbid(1), &key(&format!("n{i}")), Cas(0), false)
+        e.delete(Vbid(1), &key(&format!("n{i}")), WriteOptions::default())
             .unwrap();
     }
     e.flush().unwrap();
@@ -374,7 +371,7 @@ fn stress_delete_and_recreate_under_load() {
                         }
                         let value = format!("{g0}:{t}:{i}");
                         uncertain.lock().unwrap().insert(value.clone());
-                        let r = e.set(1, vb, &k, value.clone(), WriteOptions::default());
+                        let r = e.set(vb, &k, value.clone(), WriteOptions::default());
                         if g.load(Ordering::SeqCst) == g0 || r.is_err() {
                             uncertain.lock().unwrap().remove(&value);
                         }
@@ -437,7 +434,7 @@ fn stress_delete_and_recreate_under_load() {
         let vb = Vbid((c % u64::from(VBS)) as u16);
         let g = &gens[usize::from(vb.0)];
         g.fetch_add(1, Ordering::SeqCst);
-        e.delete_vbucket(None, vb).unwrap();
+        e.delete_vbucket(vb).unwrap();
         e.create_vbucket(vb, VbState::Active).unwrap();
         g.fetch_add(1, Ordering::SeqCst);
     }
@@ -479,11 +476,11 @@ fn deleted_vbucket_held_by_a_guard_does_not_come_back_after_a_crash() {
     let e = &o.engine;
     e.create_vbucket(Vbid(4), VbState::Active).unwrap();
     e.create_vbucket(Vbid(5), VbState::Active).unwrap();
-    e.set(1, Vbid(4), &key("a"), "v", WriteOptions::default())
+    e.set(Vbid(4), &key("a"), "v", WriteOptions::default())
         .unwrap();
     e.flush().unwrap();
     let guard = e.vbucket(Vbid(4)).unwrap();
-    e.delete_vbucket(None, Vbid(4)).unwrap();
+    e.delete_vbucket(Vbid(4)).unwrap();
     // The guard keeps working on the deleted incarnation.
     assert!(guard.store().get(&key("a")).unwrap().is_some());
     // "Crash": what is on disk now, with the guard still holding the

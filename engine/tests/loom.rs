@@ -4,7 +4,10 @@
 #![cfg(loom)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use engine::{CookieTable, Deleter, EngineError, Notifier, Outcome, VBucket, VBucketMap, Waiting};
+use engine::{
+    Backend, CookieTable, Deleter, Engine, EngineConfig, EngineError, Notifier, Outcome, VBucket,
+    VBucketMap, WaitKind, Waiting, WriteOptions,
+};
 use kvstore_core::{
     CollectionId, CommitBatch, DiskKey, Document, KvStore, MemStore, ScanControl, ScanOptions,
     ScanStatus, Seqno, StoreError, VbState, Vbid,
@@ -13,13 +16,25 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 
-/// Counts notifications per cookie.
+/// Counts notifications per cookie; with a backend, also records whether
+/// vbucket 0's watched revision still existed when the cookie was told.
 #[derive(Default)]
-struct Counting(std::sync::Mutex<Vec<(u64, bool)>>);
+struct Counting(
+    std::sync::Mutex<Vec<(u64, bool)>>,
+    std::sync::Mutex<Option<(std::sync::Arc<dyn KvStore>, kvstore_core::Revision)>>,
+    std::sync::Mutex<Vec<bool>>,
+);
 
 impl Notifier for Counting {
     fn notify(&self, cookie: u64, status: Result<(), EngineError>) {
         self.0.lock().unwrap().push((cookie, status.is_ok()));
+        if let Some((kv, rev)) = &*self.1.lock().unwrap() {
+            let exists = !matches!(
+                kv.open(Vbid(0), *rev),
+                Err(StoreError::NoSuchRevision { .. })
+            );
+            self.2.lock().unwrap().push(exists);
+        }
     }
 }
 
@@ -154,7 +169,7 @@ fn delete_vs_delete() {
         // If the cookie's delete won, it was told once, with success; if it
         // lost, its parked state was released and nobody was told.
         let told = w.notified.0.lock().unwrap().clone();
-        match w.cookies.collect(7) {
+        match w.cookies.collect(7, WaitKind::VbDeletion) {
             Some(Ok(Outcome::Done)) => assert_eq!(told, [(7, true)]),
             None => assert!(told.is_empty(), "{told:?}"),
             other => panic!("{other:?}"),
@@ -279,12 +294,12 @@ fn scan_across_yield_vs_delete() {
 fn cookie_notify_vs_collect_vs_release() {
     loom::model(|| {
         let w = world();
-        w.cookies.park(9, Waiting::Manifest).unwrap();
+        let ticket = w.cookies.park(9, Waiting::Manifest).unwrap();
         let frees = Arc::new(AtomicUsize::new(0));
         let c = w.cookies.clone();
-        let notify = thread::spawn(move || c.complete(9, |_| Ok(Outcome::Done)));
+        let notify = thread::spawn(move || c.complete(ticket, |_| Ok(Outcome::Done)));
         let (c, f) = (w.cookies.clone(), frees.clone());
-        let collect = thread::spawn(move || match c.collect(9) {
+        let collect = thread::spawn(move || match c.collect(9, WaitKind::Manifest) {
             Some(Ok(Outcome::Done)) => {
                 f.fetch_add(1, Ordering::SeqCst);
             }
@@ -312,5 +327,152 @@ fn cookie_notify_vs_collect_vs_release() {
             1,
             "the state is freed exactly once (or still waits for collection)"
         );
+    });
+}
+
+/// 6. The last guard drop races a delete (that asks to hear when the files
+///    are gone) and the deleter: the files go exactly once, after the last
+///    guard, and the cookie is told once, only after they are gone.
+#[test]
+fn last_guard_drop_vs_delete_vs_deleter() {
+    loom::model(|| {
+        let w = world();
+        let rev = w.create("v1");
+        *w.notified.1.lock().unwrap() = Some((w.kv.clone(), rev));
+        let guard = w.map.get(Vbid(0)).unwrap();
+        let user = thread::spawn(move || {
+            assert!(guard.store().get(&key("k")).unwrap().is_some());
+            drop(guard);
+        });
+        let (map, cookies) = (w.map.clone(), w.cookies.clone());
+        let del = thread::spawn(move || map.delete(Vbid(0), Some((7, &*cookies))));
+        let bg = w.spawn_deleter();
+        user.join().unwrap();
+        assert!(matches!(del.join().unwrap(), Err(EngineError::WouldBlock)));
+        bg.join().unwrap();
+        let done = w.finish();
+        assert_eq!(done.len(), 1, "destroyed exactly once: {done:?}");
+        assert_eq!(*w.notified.0.lock().unwrap(), [(7, true)], "told once");
+        assert_eq!(
+            *w.notified.2.lock().unwrap(),
+            [false],
+            "the cookie was told before the files were gone"
+        );
+        assert!(matches!(
+            w.cookies.collect(7, WaitKind::VbDeletion),
+            Some(Ok(Outcome::Done))
+        ));
+        assert!(w.cookies.is_empty());
+    });
+}
+
+fn memory_engine(notified: std::sync::Arc<Counting>) -> Engine {
+    let mut cfg = EngineConfig::new("/nonexistent/loom");
+    cfg.backend = Backend::Memory;
+    cfg.vbuckets = 1;
+    cfg.flusher_threads = 0;
+    Engine::open_with_notifier(cfg, notified).unwrap()
+}
+
+/// 7. A durable write parked on a vbucket races the vbucket's delete: the
+///    write either never parks (`NotMyVbucket`) or is told `NotMyVbucket`
+///    exactly once when the incarnation goes; nothing stays parked.
+#[test]
+fn parked_durable_write_vs_delete() {
+    loom::model(|| {
+        let notified = std::sync::Arc::new(Counting::default());
+        let e = Arc::new(memory_engine(notified.clone()));
+        e.create_vbucket(Vbid(0), VbState::Active).unwrap();
+        let e1 = e.clone();
+        let writer = thread::spawn(move || {
+            e1.cookie(5)
+                .set(Vbid(0), &key("k"), "v", WriteOptions::durable())
+        });
+        let e2 = e.clone();
+        let deleter = thread::spawn(move || e2.delete_vbucket(Vbid(0)));
+        let w = writer.join().unwrap();
+        deleter.join().unwrap().unwrap();
+        e.wait_for_deletions();
+        let told = notified.0.lock().unwrap().clone();
+        match w {
+            Err(EngineError::WouldBlock) => {
+                assert_eq!(told, [(5, false)], "told once, with the failure");
+                assert!(matches!(
+                    e.cookie(5)
+                        .set(Vbid(0), &key("k"), "v", WriteOptions::durable()),
+                    Err(EngineError::NotMyVbucket(Vbid(0)))
+                ));
+            }
+            Err(EngineError::NotMyVbucket(_)) => assert!(told.is_empty(), "{told:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.stats().cookies, 0, "nothing stays parked");
+        e.shutdown().unwrap();
+    });
+}
+
+fn manifest_json(uid: u64, colls: &[(&str, u32)]) -> String {
+    let mut cs = vec![r#"{"name":"_default","uid":"0"}"#.to_owned()];
+    cs.extend(
+        colls
+            .iter()
+            .map(|(n, id)| format!(r#"{{"name":"{n}","uid":"{id:x}"}}"#)),
+    );
+    format!(
+        r#"{{"uid":"{uid:x}","scopes":[{{"name":"_default","uid":"0","collections":[{}]}}]}}"#,
+        cs.join(",")
+    )
+}
+
+/// 8. `Engine::set_collections` end to end over `MemStore`: a blocking
+///    update races another cookie's update that disconnects while it is in
+///    flight. Whatever the order, the machine ends idle, every persisted
+///    manifest is applied (an orphaned one too), the vbucket matches the
+///    bucket's manifest, and no state is left parked.
+#[test]
+fn set_collections_end_to_end() {
+    loom::model(|| {
+        let notified = std::sync::Arc::new(Counting::default());
+        let e = Arc::new(memory_engine(notified.clone()));
+        e.create_vbucket(Vbid(0), VbState::Active).unwrap();
+        let m1 = manifest_json(1, &[("a", 8)]);
+        let m2 = manifest_json(2, &[("a", 8), ("b", 9)]);
+        let e1 = e.clone();
+        let a = thread::spawn(move || e1.set_collections(m1.as_bytes()));
+        let b = match e.cookie(9).set_collections(m2.as_bytes()) {
+            Err(EngineError::WouldBlock) => {
+                e.release_cookie(9);
+                true
+            }
+            Ok(()) | Err(EngineError::Busy(_)) | Err(EngineError::CannotApplyManifest(_)) => false,
+            Err(other) => panic!("{other}"),
+        };
+        let a = a.join().unwrap();
+        assert!(
+            matches!(
+                a,
+                Ok(()) | Err(EngineError::Busy(_)) | Err(EngineError::CannotApplyManifest(_))
+            ),
+            "{a:?}"
+        );
+        // An orphaned update is applied by its background task: wait for
+        // the machine to go idle (a stale in-flight update never would).
+        while e.stats().collections_update_in_flight {
+            thread::yield_now();
+        }
+        let uid = e.manifest().uid;
+        if a.is_ok() {
+            assert!(uid >= 1);
+        }
+        if b {
+            assert_eq!(uid, 2, "the orphaned update was applied");
+        }
+        assert!(
+            e.vbucket_collections(Vbid(0))
+                .unwrap()
+                .matches(&e.manifest())
+        );
+        assert_eq!(e.stats().cookies, 0, "nothing stays parked");
+        e.shutdown().unwrap();
     });
 }

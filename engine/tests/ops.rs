@@ -29,7 +29,7 @@ fn statuses(backend: Backend) {
         Err(EngineError::NotMyVbucket(Vbid(0)))
     ));
     assert!(matches!(
-        e.set(1, V0, &k, "v", opts()),
+        e.set(V0, &k, "v", opts()),
         Err(EngineError::NotMyVbucket(_))
     ));
     assert!(matches!(
@@ -42,7 +42,7 @@ fn statuses(backend: Backend) {
         Err(EngineError::VbucketExists(_))
     ));
     assert!(matches!(
-        e.set(1, V0, &k, "v", opts()),
+        e.set(V0, &k, "v", opts()),
         Err(EngineError::NotMyVbucket(_))
     ));
     assert!(matches!(e.get(V0, &k), Err(EngineError::NotMyVbucket(_))));
@@ -50,16 +50,15 @@ fn statuses(backend: Backend) {
 
     assert!(matches!(e.get(V0, &k), Err(EngineError::KeyNotFound)));
     assert!(matches!(
-        e.replace(1, V0, &k, "v", opts()),
+        e.replace(V0, &k, "v", opts()),
         Err(EngineError::KeyNotFound)
     ));
     assert!(matches!(
-        e.delete(1, V0, &k, Cas(0), false),
+        e.delete(V0, &k, WriteOptions::default()),
         Err(EngineError::KeyNotFound)
     ));
     let a = e
         .add(
-            1,
             V0,
             &k,
             "first",
@@ -71,7 +70,7 @@ fn statuses(backend: Backend) {
         )
         .unwrap();
     assert!(matches!(
-        e.add(1, V0, &k, "again", opts()),
+        e.add(V0, &k, "again", opts()),
         Err(EngineError::KeyExists)
     ));
     let item = e.get(V0, &k).unwrap();
@@ -87,16 +86,15 @@ fn statuses(backend: Backend) {
         ..opts()
     };
     assert!(matches!(
-        e.set(1, V0, &k, "x", wrong),
+        e.set(V0, &k, "x", wrong),
         Err(EngineError::KeyExists)
     ));
     assert!(matches!(
-        e.replace(1, V0, &k, "x", wrong),
+        e.replace(V0, &k, "x", wrong),
         Err(EngineError::KeyExists)
     ));
     let r = e
         .replace(
-            1,
             V0,
             &k,
             "second",
@@ -114,29 +112,31 @@ fn statuses(backend: Backend) {
         ..opts()
     };
     assert!(matches!(
-        e.set(1, V0, &key("none"), "x", missing),
+        e.set(V0, &key("none"), "x", missing),
         Err(EngineError::KeyNotFound)
     ));
 
     // Delete: CAS-checked, then the key reads as missing; add works again.
     assert!(matches!(
-        e.delete(1, V0, &k, Cas(1), false),
+        e.delete(V0, &k, WriteOptions::default().with_cas(Cas(1))),
         Err(EngineError::KeyExists)
     ));
-    let d = e.delete(1, V0, &k, r.cas, false).unwrap();
+    let d = e
+        .delete(V0, &k, WriteOptions::default().with_cas(r.cas))
+        .unwrap();
     assert!(d.seqno > r.seqno);
     assert!(matches!(e.get(V0, &k), Err(EngineError::KeyNotFound)));
     assert!(matches!(
-        e.delete(1, V0, &k, Cas(0), false),
+        e.delete(V0, &k, WriteOptions::default()),
         Err(EngineError::KeyNotFound)
     ));
-    e.add(1, V0, &k, "third", opts()).unwrap();
+    e.add(V0, &k, "third", opts()).unwrap();
     assert_eq!(e.get(V0, &k).unwrap().meta.rev_seqno.0, 4);
 
     // Bad requests.
     let big = Bytes::from(vec![0u8; 1025]);
     assert!(matches!(
-        e.set(1, V0, &k, big, opts()),
+        e.set(V0, &k, big, opts()),
         Err(EngineError::TooBig {
             size: 1025,
             max: 1024
@@ -147,15 +147,15 @@ fn statuses(backend: Backend) {
         ..opts()
     };
     assert!(matches!(
-        e.set(1, V0, &k, "x", bad_dt),
+        e.set(V0, &k, "x", bad_dt),
         Err(EngineError::InvalidArguments(_))
     ));
 
     // Seqnos are per vbucket.
     e.create_vbucket(Vbid(1), VbState::Active).unwrap();
-    let s1 = e.set(1, Vbid(1), &k, "other", opts()).unwrap();
+    let s1 = e.set(Vbid(1), &k, "other", opts()).unwrap();
     assert_eq!(s1.seqno.0, 1);
-    let s0 = e.set(1, V0, &key("more"), "v", opts()).unwrap();
+    let s0 = e.set(V0, &key("more"), "v", opts()).unwrap();
     assert!(s0.seqno.0 > 4);
     assert_ne!(s0.vbucket_uuid, s1.vbucket_uuid);
 
@@ -179,7 +179,6 @@ fn expiry(backend: Backend) {
     let now = clock.secs.load(std::sync::atomic::Ordering::SeqCst);
     // Relative (up to 30 days) and absolute expiry.
     e.set(
-        1,
         V0,
         &key("rel"),
         "r",
@@ -190,7 +189,6 @@ fn expiry(backend: Backend) {
     )
     .unwrap();
     e.set(
-        1,
         V0,
         &key("abs"),
         "a",
@@ -200,7 +198,7 @@ fn expiry(backend: Backend) {
         },
     )
     .unwrap();
-    e.set(1, V0, &key("never"), "n", opts()).unwrap();
+    e.set(V0, &key("never"), "n", opts()).unwrap();
     assert_eq!(e.get(V0, &key("rel")).unwrap().meta.expiry, now + 10);
     e.flush().unwrap();
     clock.advance(9);
@@ -212,7 +210,7 @@ fn expiry(backend: Backend) {
         Err(EngineError::KeyNotFound)
     ));
     assert!(matches!(
-        e.replace(1, V0, &key("rel"), "x", opts()),
+        e.replace(V0, &key("rel"), "x", opts()),
         Err(EngineError::KeyNotFound)
     ));
     // The read recorded a TTL deletion, which is what reaches disk.
@@ -221,7 +219,8 @@ fn expiry(backend: Backend) {
     let tomb = vb.store().get(&key("rel")).unwrap().expect("a tombstone");
     assert_eq!(tomb.meta.deleted, Some(DeleteSource::Ttl));
     // An explicit delete is recorded as such.
-    e.delete(1, V0, &key("never"), Cas(0), false).unwrap();
+    e.delete(V0, &key("never"), WriteOptions::default())
+        .unwrap();
     e.flush().unwrap();
     let t = vb.store().get(&key("never")).unwrap().unwrap();
     assert_eq!(t.meta.deleted, Some(DeleteSource::Explicit));
@@ -231,7 +230,7 @@ fn expiry(backend: Backend) {
         e.get(V0, &key("abs")),
         Err(EngineError::KeyNotFound)
     ));
-    e.add(1, V0, &key("abs"), "again", opts()).unwrap();
+    e.add(V0, &key("abs"), "again", opts()).unwrap();
     assert_eq!(&e.get(V0, &key("abs")).unwrap().value[..], b"again");
     assert_eq!(e.vbucket_stats(V0).unwrap().items, 1);
 }
@@ -246,31 +245,34 @@ fn durable_write_completes_through_cookie(backend: Backend) {
         ..opts()
     };
     assert!(matches!(
-        e.set(42, V0, &key("d"), "v", durable),
+        e.cookie(42).set(V0, &key("d"), "v", durable),
         Err(EngineError::WouldBlock)
     ));
     // Re-issued before it is persisted: still blocked, nothing re-applied.
     assert!(matches!(
-        e.set(42, V0, &key("d"), "v", durable),
+        e.cookie(42).set(V0, &key("d"), "v", durable),
         Err(EngineError::WouldBlock)
     ));
     assert_eq!(e.vbucket_stats(V0).unwrap().high_seqno.0, 1);
     assert!(o.notes.all().is_empty());
     e.flush().unwrap();
     assert_eq!(o.notes.wait(42), Ok(()));
-    let r = e.set(42, V0, &key("d"), "v", durable).unwrap();
+    let r = e.cookie(42).set(V0, &key("d"), "v", durable).unwrap();
     assert_eq!(r.seqno.0, 1);
     assert!(e.vbucket(V0).unwrap().persisted_seqno() >= r.seqno);
     assert_eq!(e.stats().cookies, 0, "collected state is freed");
     assert_eq!(o.notes.count(42), 1);
     // A durable delete takes the same path.
     assert!(matches!(
-        e.delete(43, V0, &key("d"), Cas(0), true),
+        e.cookie(43).delete(V0, &key("d"), WriteOptions::durable()),
         Err(EngineError::WouldBlock)
     ));
     e.flush().unwrap();
     assert_eq!(o.notes.wait(43), Ok(()));
-    let d = e.delete(43, V0, &key("d"), Cas(0), true).unwrap();
+    let d = e
+        .cookie(43)
+        .delete(V0, &key("d"), WriteOptions::durable())
+        .unwrap();
     assert_eq!(d.seqno.0, 2);
 }
 
@@ -284,11 +286,11 @@ fn cookie_dropped_before_collecting(backend: Backend) {
         ..opts()
     };
     assert!(matches!(
-        e.set(7, V0, &key("a"), "v", durable),
+        e.cookie(7).set(V0, &key("a"), "v", durable),
         Err(EngineError::WouldBlock)
     ));
     assert!(matches!(
-        e.set(8, V0, &key("b"), "v", durable),
+        e.cookie(8).set(V0, &key("b"), "v", durable),
         Err(EngineError::WouldBlock)
     ));
     assert_eq!(e.stats().cookies, 2);
@@ -314,7 +316,7 @@ fn memory_quota(backend: Backend) {
     let value = vec![b'x'; 500];
     let mut accepted = 0;
     let refused = loop {
-        match e.set(1, V0, &key(&format!("k{accepted}")), value.clone(), opts()) {
+        match e.set(V0, &key(&format!("k{accepted}")), value.clone(), opts()) {
             Ok(_) => accepted += 1,
             Err(err) => break err,
         }
@@ -334,13 +336,13 @@ fn memory_quota(backend: Backend) {
     assert!(accepted > 50);
     let seqno_before = e.vbucket_stats(V0).unwrap().high_seqno;
     // A refused write takes no seqno.
-    assert!(e.set(1, V0, &key("again"), value.clone(), opts()).is_err());
+    assert!(e.set(V0, &key("again"), value.clone(), opts()).is_err());
     assert_eq!(e.vbucket_stats(V0).unwrap().high_seqno, seqno_before);
     // Once the flusher drains the queue, writes succeed again, and nothing
     // acknowledged was dropped.
     e.flush().unwrap();
     assert_eq!(e.stats().memory_used, 0);
-    e.set(1, V0, &key("again"), value.clone(), opts()).unwrap();
+    e.set(V0, &key("again"), value.clone(), opts()).unwrap();
     for i in 0..accepted {
         assert!(e.get(V0, &key(&format!("k{i}"))).is_ok());
     }
@@ -360,7 +362,7 @@ fn memory_quota_with_background_flusher(backend: Backend) {
     let mut refusals = 0;
     for i in 0..2000 {
         let r = retry(|| {
-            let r = e.set(1, V0, &key(&format!("k{i}")), value.clone(), opts());
+            let r = e.set(V0, &key(&format!("k{i}")), value.clone(), opts());
             if r.is_err() {
                 refusals += 1;
             }
@@ -380,9 +382,9 @@ fn delete_vbucket_with_cookie(backend: Backend) {
     let o = open(dir.path(), backend, 1);
     let e = &o.engine;
     e.create_vbucket(V0, VbState::Active).unwrap();
-    e.set(1, V0, &key("a"), "v", opts()).unwrap();
+    e.set(V0, &key("a"), "v", opts()).unwrap();
     assert!(matches!(
-        e.delete_vbucket(Some(99), V0),
+        e.cookie(99).delete_vbucket(V0),
         Err(EngineError::WouldBlock)
     ));
     assert!(matches!(
@@ -390,9 +392,9 @@ fn delete_vbucket_with_cookie(backend: Backend) {
         Err(EngineError::NotMyVbucket(_))
     ));
     assert_eq!(o.notes.wait(99), Ok(()));
-    e.delete_vbucket(Some(99), V0).unwrap();
+    e.cookie(99).delete_vbucket(V0).unwrap();
     assert!(matches!(
-        e.delete_vbucket(None, V0),
+        e.delete_vbucket(V0),
         Err(EngineError::NotMyVbucket(_))
     ));
     assert_eq!(e.deleter().destroyed_total(), 1);
@@ -463,7 +465,7 @@ fn failed_flush_reports_status_to_cookie() {
         ..opts()
     };
     assert!(matches!(
-        e.set(5, V0, &key("a"), "v", durable),
+        e.cookie(5).set(V0, &key("a"), "v", durable),
         Err(EngineError::WouldBlock)
     ));
     faults.fail_sync_in(0);
@@ -476,7 +478,7 @@ fn failed_flush_reports_status_to_cookie() {
         "{status:?}"
     );
     // The re-issued call collects the error; it does not run again.
-    match e.set(5, V0, &key("a"), "v", durable) {
+    match e.cookie(5).set(V0, &key("a"), "v", durable) {
         Err(EngineError::TemporaryFailure(msg)) => assert!(msg.contains("flush of vb:0 failed")),
         other => panic!("{other:?}"),
     }
@@ -486,10 +488,22 @@ fn failed_flush_reports_status_to_cookie() {
     assert_eq!(st.dirty_items, 1, "nothing is dropped");
     assert_eq!(st.flush_failures, 1);
     assert!(st.flush_error.is_some());
-    // The store recovered by itself (the refused commit is gone for good):
-    // the next flush persists the item, without a restart.
+    assert!(matches!(
+        st.health,
+        engine::VbHealth::Failing {
+            consecutive_failures: 1,
+            ..
+        }
+    ));
+    // The next flush persists the item from the last durable commit, with
+    // no restart: the store recovered its handle by itself, or the engine
+    // reopened the revision because the handle stayed poisoned.
     e.flush().unwrap();
     let st = e.vbucket_stats(V0).unwrap();
-    assert_eq!((st.dirty_items, st.persisted_seqno.0), (0, 1));
+    assert_eq!(st.dirty_items, 0);
+    assert_eq!(st.persisted_seqno.0, 1);
+    assert!(st.store_reopens <= 1, "{}", st.store_reopens);
+    assert_eq!(st.flush_retries, 1);
+    assert_eq!(st.health, engine::VbHealth::Healthy);
     assert_eq!(&e.get(V0, &key("a")).unwrap().value[..], b"v");
 }

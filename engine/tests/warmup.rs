@@ -6,7 +6,7 @@ mod common;
 
 use common::{Recorder, key, open};
 use engine::{Backend, Engine, EngineConfig, EngineError, WriteOptions};
-use kvstore_core::{Cas, VbState, Vbid};
+use kvstore_core::{VbState, Vbid};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -52,13 +52,13 @@ fn warmup_restores(backend: Backend) {
                 expiry: if i % 7 == 0 { 5_000_000 } else { 0 },
                 ..WriteOptions::default()
             };
-            let r = e.set(1, vb, &key(&k), format!("value-{i}"), opts).unwrap();
+            let r = e.set(vb, &key(&k), format!("value-{i}"), opts).unwrap();
             expect.insert((vb, k), Some((r.cas, r.seqno, i)));
         }
         for i in (0..400u32).step_by(5) {
             let vb = Vbid((i % 4) as u16);
             let k = format!("k{i}");
-            e.delete(1, vb, &key(&k), Cas(0), false).unwrap();
+            e.delete(vb, &key(&k), WriteOptions::default()).unwrap();
             expect.insert((vb, k), None);
         }
         for (v, s) in states.iter().enumerate() {
@@ -68,7 +68,7 @@ fn warmup_restores(backend: Backend) {
             .map(|v| e.vbucket_stats(Vbid(v)).unwrap().high_seqno)
             .collect();
         let last_cas = e
-            .set(1, Vbid(0), &key("last"), "x", WriteOptions::default())
+            .set(Vbid(0), &key("last"), "x", WriteOptions::default())
             .unwrap()
             .cas;
         o.engine.shutdown().unwrap();
@@ -106,7 +106,7 @@ fn warmup_restores(backend: Backend) {
     // New CAS values stay above every CAS handed out before the restart,
     // and seqnos continue.
     let r = e
-        .set(1, Vbid(0), &key("after"), "y", WriteOptions::default())
+        .set(Vbid(0), &key("after"), "y", WriteOptions::default())
         .unwrap();
     assert!(r.cas > last_cas);
     assert_eq!(r.seqno.0, highs[0].0 + 2);
@@ -124,7 +124,7 @@ fn warmup_child() {
     let notes = Arc::new(Recorder::default());
     let mut cfg = EngineConfig::new(&dir);
     cfg.vbuckets = 4;
-    let e = Engine::open(cfg, notes.clone()).unwrap();
+    let e = Engine::open_with_notifier(cfg, notes.clone()).unwrap();
     for v in 0..4 {
         match e.create_vbucket(Vbid(v), VbState::Active) {
             Ok(()) | Err(EngineError::VbucketExists(_)) => {}
@@ -143,12 +143,15 @@ fn warmup_child() {
         let vb = Vbid((i % 4) as u16);
         let k = key(&format!("k{i}"));
         let cookie = i;
-        match e.set(cookie, vb, &k, format!("v{i}"), durable) {
+        match e.cookie(cookie).set(vb, &k, format!("v{i}"), durable) {
             Err(EngineError::WouldBlock) => {}
             other => panic!("{other:?}"),
         }
         notes.wait(cookie).unwrap();
-        let r = e.set(cookie, vb, &k, format!("v{i}"), durable).unwrap();
+        let r = e
+            .cookie(cookie)
+            .set(vb, &k, format!("v{i}"), durable)
+            .unwrap();
         println!("ACK {i} {} {}", r.seqno.0, r.cas.0);
     }
 }
@@ -212,7 +215,7 @@ fn sigkill_loses_no_persisted_write() {
 
         let mut cfg = EngineConfig::new(dir.path());
         cfg.vbuckets = 4;
-        let e = Engine::open(cfg, Arc::new(engine::NoNotify)).unwrap();
+        let e = Engine::open_with_notifier(cfg, Arc::new(engine::NoNotify)).unwrap();
         for (i, (seqno, cas)) in &acked {
             let item = e
                 .get(Vbid((i % 4) as u16), &key(&format!("k{i}")))

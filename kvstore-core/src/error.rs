@@ -155,6 +155,10 @@ pub enum StoreError {
         /// Its revision.
         revision: Revision,
     },
+    /// The store was closed ([`crate::KvStore::close`]); its handles no
+    /// longer read or write.
+    #[error("the store was closed")]
+    Closed,
     /// The operation was cancelled (for example a compaction stopped by a
     /// vbucket delete).
     #[error("cancelled")]

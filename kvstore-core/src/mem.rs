@@ -239,7 +239,11 @@ impl MemStore {
 
     fn handle(&self, vbid: Vbid, revision: Revision, cell: Arc<VbCell>) -> Arc<dyn VbStore> {
         let mut handles = lock(&self.handles);
-        if let Some(h) = handles.get(&(vbid, revision)).and_then(Weak::upgrade) {
+        if let Some(h) = handles
+            .get(&(vbid, revision))
+            .and_then(Weak::upgrade)
+            .filter(|h| lock(&h.poisoned).is_none())
+        {
             return h;
         }
         handles.retain(|_, w| w.strong_count() > 0);

@@ -419,6 +419,18 @@ pub trait KvStore: Send + Sync {
     /// A short backend name for logs and reports.
     fn backend_name(&self) -> &'static str;
 
+    /// Lets go of the data directory before the store is dropped: stops
+    /// background work, waits for the commit or maintenance step in
+    /// progress, and releases the directory lock, so that another instance
+    /// may open it at once. Every acknowledged commit was durable already;
+    /// close adds nothing to that. Later calls on the store, and on handles
+    /// it gave out, fail with [`crate::StoreError::Closed`] (a backend that
+    /// holds no exclusive lock may keep serving them). Closing twice does
+    /// nothing.
+    fn close(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Finds the newest revision of every vbucket, removing stale revisions
     /// and temporary files. Called once at startup.
     fn discover(&self) -> StoreResult<Vec<(Vbid, Revision)>>;
@@ -428,7 +440,10 @@ pub trait KvStore: Send + Sync {
     fn create(&self, vbid: Vbid) -> StoreResult<Arc<dyn VbStore>>;
 
     /// Opens an existing revision. Opening a revision that is already open
-    /// returns the same handle.
+    /// returns the same handle, unless that handle is poisoned: then a fresh
+    /// handle on what is durable is returned (the poisoned one stays
+    /// poisoned for whoever still holds it). This is how a caller recovers
+    /// from a failed sync without reopening the whole backend.
     fn open(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<dyn VbStore>>;
 
     /// Makes the coming deletion of this revision durable, without

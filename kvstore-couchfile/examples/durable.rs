@@ -133,9 +133,13 @@ fn main() {
     let cvb = store.open_couch(Vbid(0), vb.revision()).unwrap();
     let stat = |c: &kvstore_couchfile::CouchVb| {
         (
-            c.stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
+            c.stats
+                .checkpoints
+                .load(std::sync::atomic::Ordering::Relaxed),
             c.stats.rewrites.load(std::sync::atomic::Ordering::Relaxed),
-            c.stats.reclaim_started.load(std::sync::atomic::Ordering::Relaxed),
+            c.stats
+                .reclaim_started
+                .load(std::sync::atomic::Ordering::Relaxed),
         )
     };
     for i in 0..single {
@@ -143,7 +147,11 @@ fn main() {
         commit(&[(n + i, 0)], &mut lat);
         let last = *lat.last().unwrap();
         if last > 2_000_000 {
-            println!("  slow single commit {i}: {} us; maintenance before {before:?} after {:?}", last / 1000, stat(&cvb));
+            println!(
+                "  slow single commit {i}: {} us; maintenance before {before:?} after {:?}",
+                last / 1000,
+                stat(&cvb)
+            );
         }
     }
     let s = t.elapsed().as_secs_f64();
@@ -199,9 +207,9 @@ fn main() {
     let breakdown = |when: &str| {
         let cvb = store.open_couch(Vbid(0), vb.revision()).unwrap();
         let segs = cvb.segment_stats();
-        let (phys, total, live): (u64, u64, u64) = segs
-            .iter()
-            .fold((0, 0, 0), |a, s| (a.0 + s.phys, a.1 + s.total, a.2 + s.live));
+        let (phys, total, live): (u64, u64, u64) = segs.iter().fold((0, 0, 0), |a, s| {
+            (a.0 + s.phys, a.1 + s.total, a.2 + s.live)
+        });
         let v = cvb.view();
         let _ = &v;
         println!(
@@ -211,10 +219,19 @@ fn main() {
             total as f64 / 1048576.0,
             live as f64 / 1048576.0,
             vb.info().unwrap().file_bytes as f64 / 1048576.0,
-            cvb.stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
-            cvb.stats.rewrites.load(std::sync::atomic::Ordering::Relaxed),
-            cvb.stats.reclaims.load(std::sync::atomic::Ordering::Relaxed),
-            cvb.stats.relocated_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0,
+            cvb.stats
+                .checkpoints
+                .load(std::sync::atomic::Ordering::Relaxed),
+            cvb.stats
+                .rewrites
+                .load(std::sync::atomic::Ordering::Relaxed),
+            cvb.stats
+                .reclaims
+                .load(std::sync::atomic::Ordering::Relaxed),
+            cvb.stats
+                .relocated_bytes
+                .load(std::sync::atomic::Ordering::Relaxed) as f64
+                / 1048576.0,
         );
     };
     breakdown("after updates");

@@ -78,8 +78,11 @@ pub struct NodeWriter<'w> {
     pub keep: bool,
     /// Writes out what was built so far (called past a few MiB), so a big
     /// checkpoint holds little memory.
-    pub flush: Option<&'w mut dyn FnMut(&mut PhysWriter) -> StoreResult<()>>,
+    pub flush: Option<&'w mut FlushHook<'w>>,
 }
+
+/// Writes out what a [`NodeWriter`] built so far.
+pub type FlushHook<'a> = dyn FnMut(&mut PhysWriter) -> StoreResult<()> + 'a;
 
 /// Built bytes past which a [`NodeWriter`] with a flush hook writes out.
 pub const FLUSH_BYTES: usize = 4 << 20;

@@ -1337,6 +1337,9 @@ impl CouchVb {
         let Ok(mut iw) = self.maint.try_lock() else {
             return Ok(false);
         };
+        if self.stop.load(Ordering::SeqCst) || self.shared.closed.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         let r = self.step(&mut iw);
         match &r {
             Ok(_) => *lock(&self.not_before) = None,
@@ -1364,7 +1367,13 @@ impl CouchVb {
             (w.spare.is_none() && w.wal.pos > w.wal.segment_bytes / 4 * 3).then(|| w.wal.seg.no + 1)
         };
         if let Some(no) = next {
-            let seg = crate::wal::create_segment(&self.shared.fds, &self.dir, self.vbid, self.revision, no)?;
+            let seg = crate::wal::create_segment(
+                &self.shared.fds,
+                &self.dir,
+                self.vbid,
+                self.revision,
+                no,
+            )?;
             let mut w = lock(&self.writer);
             if w.spare.is_none() && w.wal.seg.no + 1 == no {
                 w.spare = Some(seg);
@@ -1377,7 +1386,10 @@ impl CouchVb {
     }
 
     fn step(&self, iw: &mut IndexWriter) -> StoreResult<bool> {
-        if self.log_chores()? {
+        // Inline maintenance runs on the commit's path, where zero-filling
+        // ahead would only add a sync: the commit's own write extends the
+        // segment then.
+        if self.shared.config.background && self.log_chores()? {
             return Ok(true);
         }
         let cfg = &self.shared.config;

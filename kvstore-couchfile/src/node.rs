@@ -158,7 +158,9 @@ impl Leaf {
     #[must_use]
     pub fn from_entries(entries: &[(Bytes, Bytes)]) -> Leaf {
         let prefix = match (entries.first(), entries.last()) {
-            (Some(f), Some(l)) if entries.len() > 1 => common_prefix(&f.0, &l.0).min(u16::MAX as usize),
+            (Some(f), Some(l)) if entries.len() > 1 => {
+                common_prefix(&f.0, &l.0).min(u16::MAX as usize)
+            }
             _ => 0,
         };
         let body: usize = entries
@@ -304,7 +306,9 @@ impl Leaf {
         let p = self.prefix();
         let n = p.len().min(key.len());
         match p[..n].cmp(&key[..n]) {
-            std::cmp::Ordering::Equal if key.len() >= p.len() => self.suffix(i).cmp(&key[p.len()..]),
+            std::cmp::Ordering::Equal if key.len() >= p.len() => {
+                self.suffix(i).cmp(&key[p.len()..])
+            }
             std::cmp::Ordering::Equal => std::cmp::Ordering::Greater,
             other => other,
         }
@@ -794,8 +798,8 @@ mod tests {
                 }
                 for p in probes.iter().map(mk).chain([b"a".to_vec(), b"z".to_vec(), b"shared".to_vec()]) {
                     prop_assert_eq!(l.search(&p), sorted.binary_search(&p));
-                    for i in 0..sorted.len() {
-                        prop_assert_eq!(l.key_cmp(i, &p), sorted[i].cmp(&p));
+                    for (i, k) in sorted.iter().enumerate() {
+                        prop_assert_eq!(l.key_cmp(i, &p), k.cmp(&p));
                     }
                 }
             }

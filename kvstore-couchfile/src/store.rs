@@ -212,9 +212,13 @@ pub(crate) struct Shared {
     pub(crate) signal: Arc<MaintSignal>,
     /// Bytes held by every memtable.
     pub(crate) memtables: AtomicUsize,
-    /// Held for the life of the store: one instance per directory (none
-    /// for read-only inspection).
-    _lock: Option<fs::File>,
+    /// Held until the store is closed or dropped: one instance per
+    /// directory (none for read-only inspection).
+    dir_lock: Mutex<Option<fs::File>>,
+    /// Set by [`KvStore::close`]: handles refuse every call.
+    pub(crate) closed: AtomicBool,
+    /// Held shared by the store's own calls, exclusively by `close`.
+    gate: RwLock<()>,
     /// Inspection only: nothing on disk is changed.
     pub(crate) read_only: bool,
 }
@@ -226,6 +230,16 @@ impl Drop for Shared {
 }
 
 impl Shared {
+    /// Admits one call on the store, or refuses it once the store is
+    /// closed; `close` waits for the calls admitted.
+    fn admit(&self) -> StoreResult<std::sync::RwLockReadGuard<'_, ()>> {
+        let g = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        Ok(g)
+    }
+
     /// A store context that reads `dir` and changes nothing: no lock, no
     /// maintenance thread.
     pub(crate) fn read_only(dir: &Path, mut config: CouchConfig) -> Arc<Shared> {
@@ -242,7 +256,9 @@ impl Shared {
             handles: Mutex::new(HashMap::new()),
             signal: Arc::new(MaintSignal::default()),
             memtables: AtomicUsize::new(0),
-            _lock: None,
+            dir_lock: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            gate: RwLock::new(()),
             read_only: true,
         })
     }
@@ -382,7 +398,9 @@ impl CouchStore {
             handles: Mutex::new(HashMap::new()),
             signal: Arc::new(MaintSignal::default()),
             memtables: AtomicUsize::new(0),
-            _lock: Some(dir_lock),
+            dir_lock: Mutex::new(Some(dir_lock)),
+            closed: AtomicBool::new(false),
+            gate: RwLock::new(()),
             read_only: false,
         });
         if shared.config.background {
@@ -435,6 +453,7 @@ impl CouchStore {
     /// Opens a revision as the concrete handle type. An open revision
     /// gives its existing handle, unless that handle was deleted.
     pub fn open_couch(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<CouchVb>> {
+        let _admitted = self.shared.admit()?;
         if let Some(h) = self
             .shared
             .live_handles(vbid)
@@ -475,10 +494,11 @@ pub(crate) fn list_stores(dir: &Path) -> StoreResult<Vec<(Vbid, Revision, DirKin
         let Some(parsed) = entry.file_name().to_str().and_then(parse_name) else {
             continue;
         };
-        let ft = entry
-            .file_type()
-            .map_err(|e| StoreError::io("stat", entry.path(), e))?;
-        if !ft.is_dir() {
+        // Followed through a symlink: a store directory may live on
+        // another filesystem.
+        let meta =
+            fs::metadata(entry.path()).map_err(|e| StoreError::io("stat", entry.path(), e))?;
+        if !meta.is_dir() {
             if parsed.2 == DirKind::Live {
                 return Err(StoreError::corrupt(
                     entry.path(),
@@ -514,7 +534,30 @@ impl KvStore for CouchStore {
         "couchfile"
     }
 
+    fn close(&self) -> StoreResult<()> {
+        let _exclusive = self
+            .shared
+            .gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.shared.signal.stop();
+        // Wait out the maintenance step and the commit in progress of every
+        // handle; both check `closed` once they hold their lock.
+        for h in self.shared.all_handles() {
+            h.stop.store(true, Ordering::SeqCst);
+            drop(lock(&h.maint));
+            drop(lock(&h.writer));
+        }
+        drop(lock(&self.shared.dir_lock).take());
+        tracing::debug!(dir = %self.shared.dir.display(), "store closed");
+        Ok(())
+    }
+
     fn discover(&self) -> StoreResult<Vec<(Vbid, Revision)>> {
+        let _admitted = self.shared.admit()?;
         let dir = &self.shared.dir;
         let mut newest: BTreeMap<Vbid, Revision> = BTreeMap::new();
         let mut remove = Vec::new();
@@ -545,6 +588,7 @@ impl KvStore for CouchStore {
     }
 
     fn create(&self, vbid: Vbid) -> StoreResult<Arc<dyn VbStore>> {
+        let _admitted = self.shared.admit()?;
         let revision = self.shared.next_rev(vbid);
         let path = self.shared.path(vbid, revision);
         let tmp = self
@@ -590,6 +634,7 @@ impl KvStore for CouchStore {
     }
 
     fn mark_deleted(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {
+        let _admitted = self.shared.admit()?;
         let handles: Vec<Arc<CouchVb>> = self
             .shared
             .live_handles(vbid)
@@ -610,15 +655,36 @@ impl KvStore for CouchStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NoSuchRevision { vbid, revision });
             }
-            Err(e) => return Err(StoreError::io("rename", &path, e)),
+            Err(e) => {
+                for h in &handles {
+                    h.stop.store(false, Ordering::SeqCst);
+                }
+                return Err(StoreError::io("rename", &path, e));
+            }
         }
         for h in &handles {
             h.dir.moved_to(marked.clone());
         }
-        sync_dir(&self.shared.io, &self.shared.dir)
+        if let Err(e) = sync_dir(&self.shared.io, &self.shared.dir) {
+            // Not durable: undo the rename, so that the revision stays as
+            // the caller is told, and a restart does not remove it.
+            match fs::rename(&marked, &path) {
+                Ok(()) => {
+                    for h in &handles {
+                        h.dir.moved_to(path.clone());
+                        h.stop.store(false, Ordering::SeqCst);
+                    }
+                }
+                Err(undo) => tracing::error!(dir = %marked.display(), error = %undo,
+                    "could not undo a deletion mark"),
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn destroy(&self, vbid: Vbid, revision: Revision) -> StoreResult<()> {
+        let _admitted = self.shared.admit()?;
         let mut marked = false;
         for h in self.shared.live_handles(vbid) {
             if h.revision == revision {
@@ -1555,6 +1621,9 @@ impl CouchVb {
     }
 
     pub(crate) fn check(&self) -> StoreResult<()> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         if self.deleted.load(Ordering::SeqCst) {
             return Err(StoreError::Deleted {
                 vbid: self.vbid,

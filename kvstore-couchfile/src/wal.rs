@@ -101,7 +101,9 @@ struct PreallocState {
 
 impl Prealloc {
     fn lock(&self) -> std::sync::MutexGuard<'_, PreallocState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How far zeros reach, waiting first for a running fill if a write up
@@ -1143,11 +1145,16 @@ impl WalWriter {
     pub fn prealloc_due(&mut self) -> Option<(Arc<Segment>, Arc<Prealloc>, u64, u64)> {
         self.file_len = self.file_len.max(self.prealloc.lock().zeroed_to);
         let room = self.file_len.saturating_sub(self.pos);
-        if !self.small_records || room >= PREALLOC_LOW || self.pos + PREALLOC_LOW > self.segment_bytes
+        if !self.small_records
+            || room >= PREALLOC_LOW
+            || self.pos + PREALLOC_LOW > self.segment_bytes
         {
             return None;
         }
-        let from = self.file_len.max(self.dirty_until).next_multiple_of(BLOCK_SIZE);
+        let from = self
+            .file_len
+            .max(self.dirty_until)
+            .next_multiple_of(BLOCK_SIZE);
         let step = (self.file_len / 4).clamp(PREALLOC_MIN, PREALLOC_MAX);
         let to = (from + step).min(self.segment_bytes.max(from + PREALLOC_MIN));
         if !self.prealloc.begin(from) {

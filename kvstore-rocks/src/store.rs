@@ -251,9 +251,15 @@ impl KvStore for RocksStore {
 
     fn open(&self, vbid: Vbid, revision: Revision) -> StoreResult<Arc<dyn VbStore>> {
         let mut reg = self.registry();
-        if let Some(h) = reg.get(&(vbid, revision)).and_then(Weak::upgrade) {
+        if let Some(h) = reg
+            .get(&(vbid, revision))
+            .and_then(Weak::upgrade)
+            .filter(|h| !h.is_poisoned())
+        {
             return Ok(h);
         }
+        // A poisoned handle is left to its holders; a fresh one re-reads the
+        // revision's header from the database.
         let header = self
             .shared
             .read_header(&prefix(vbid, revision))?

@@ -107,6 +107,11 @@ impl RocksVb {
         Ok(())
     }
 
+    /// True once a write failed on this handle.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
     /// Fails when the revision was destroyed or the handle is poisoned.
     fn check(&self) -> StoreResult<()> {
         self.check_deleted()?;

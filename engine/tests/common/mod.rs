@@ -121,7 +121,7 @@ pub fn open_with(
     cfg.vbuckets = 16;
     cfg.clock = clock.clone();
     tweak(&mut cfg);
-    let engine = Engine::open(cfg, notes.clone()).unwrap();
+    let engine = Engine::open_with_notifier(cfg, notes.clone()).unwrap();
     Opened {
         engine,
         notes,
@@ -139,4 +139,154 @@ pub fn retry<T>(mut f: impl FnMut() -> EngineResult<T>) -> EngineResult<T> {
         }
     }
     f()
+}
+
+/// A backend wrapper that fails the commits of chosen vbuckets, for as long
+/// as they are chosen, as a full disk would (the commit is refused before
+/// anything is written; the wrapped store itself stays healthy).
+pub struct FaultyKv {
+    inner: Arc<dyn kvstore_core::KvStore>,
+    failing: Arc<Mutex<std::collections::HashSet<kvstore_core::Vbid>>>,
+    /// Commits refused so far.
+    pub refused: Arc<AtomicU64>,
+}
+
+impl FaultyKv {
+    pub fn new(inner: Arc<dyn kvstore_core::KvStore>) -> Arc<Self> {
+        Arc::new(FaultyKv {
+            inner,
+            failing: Arc::default(),
+            refused: Arc::default(),
+        })
+    }
+
+    /// Starts or stops failing the commits of `vbid`.
+    pub fn set_failing(&self, vbid: kvstore_core::Vbid, failing: bool) {
+        let mut f = self.failing.lock().unwrap();
+        if failing {
+            f.insert(vbid);
+        } else {
+            f.remove(&vbid);
+        }
+    }
+
+    fn wrap(&self, s: Arc<dyn kvstore_core::VbStore>) -> Arc<dyn kvstore_core::VbStore> {
+        Arc::new(FaultyVb {
+            inner: s,
+            failing: self.failing.clone(),
+            refused: self.refused.clone(),
+        })
+    }
+}
+
+impl kvstore_core::KvStore for FaultyKv {
+    fn backend_name(&self) -> &'static str {
+        "faulty"
+    }
+    fn discover(
+        &self,
+    ) -> kvstore_core::StoreResult<Vec<(kvstore_core::Vbid, kvstore_core::Revision)>> {
+        self.inner.discover()
+    }
+    fn create(
+        &self,
+        vbid: kvstore_core::Vbid,
+    ) -> kvstore_core::StoreResult<Arc<dyn kvstore_core::VbStore>> {
+        Ok(self.wrap(self.inner.create(vbid)?))
+    }
+    fn open(
+        &self,
+        vbid: kvstore_core::Vbid,
+        revision: kvstore_core::Revision,
+    ) -> kvstore_core::StoreResult<Arc<dyn kvstore_core::VbStore>> {
+        Ok(self.wrap(self.inner.open(vbid, revision)?))
+    }
+    fn close(&self) -> kvstore_core::StoreResult<()> {
+        self.inner.close()
+    }
+    fn mark_deleted(
+        &self,
+        vbid: kvstore_core::Vbid,
+        revision: kvstore_core::Revision,
+    ) -> kvstore_core::StoreResult<()> {
+        self.inner.mark_deleted(vbid, revision)
+    }
+    fn destroy(
+        &self,
+        vbid: kvstore_core::Vbid,
+        revision: kvstore_core::Revision,
+    ) -> kvstore_core::StoreResult<()> {
+        self.inner.destroy(vbid, revision)
+    }
+}
+
+struct FaultyVb {
+    inner: Arc<dyn kvstore_core::VbStore>,
+    failing: Arc<Mutex<std::collections::HashSet<kvstore_core::Vbid>>>,
+    refused: Arc<AtomicU64>,
+}
+
+impl kvstore_core::VbStore for FaultyVb {
+    fn vbid(&self) -> kvstore_core::Vbid {
+        self.inner.vbid()
+    }
+    fn revision(&self) -> kvstore_core::Revision {
+        self.inner.revision()
+    }
+    fn commit(
+        &self,
+        batch: kvstore_core::CommitBatch,
+    ) -> kvstore_core::StoreResult<kvstore_core::CommitInfo> {
+        if self.failing.lock().unwrap().contains(&self.inner.vbid()) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(kvstore_core::StoreError::io(
+                "write",
+                format!("faulty:{}", self.inner.vbid()),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        self.inner.commit(batch)
+    }
+    fn get(&self, key: &DiskKey) -> kvstore_core::StoreResult<Option<kvstore_core::Document>> {
+        self.inner.get(key)
+    }
+    fn key_range(
+        &self,
+        range: &kvstore_core::KeyRange,
+        visit: &mut dyn FnMut(kvstore_core::Document) -> kvstore_core::ScanControl,
+    ) -> kvstore_core::StoreResult<kvstore_core::ScanStatus> {
+        self.inner.key_range(range, visit)
+    }
+    fn seqno_scan(
+        &self,
+        start: kvstore_core::Seqno,
+        end: kvstore_core::Seqno,
+        opts: kvstore_core::ScanOptions,
+    ) -> kvstore_core::StoreResult<Box<dyn kvstore_core::SeqnoScan>> {
+        self.inner.seqno_scan(start, end, opts)
+    }
+    fn rollback(
+        &self,
+        to: kvstore_core::Seqno,
+    ) -> kvstore_core::StoreResult<kvstore_core::RollbackResult> {
+        self.inner.rollback(to)
+    }
+    fn compact(
+        &self,
+        config: &kvstore_core::CompactionConfig,
+    ) -> kvstore_core::StoreResult<kvstore_core::CompactionResult> {
+        self.inner.compact(config)
+    }
+    fn get_local(&self, name: &str) -> kvstore_core::StoreResult<Option<bytes::Bytes>> {
+        self.inner.get_local(name)
+    }
+    fn list_local(&self) -> kvstore_core::StoreResult<Vec<(String, bytes::Bytes)>> {
+        self.inner.list_local()
+    }
+    fn vbstate(&self) -> kvstore_core::StoreResult<Option<kvstore_core::VbucketState>> {
+        self.inner.vbstate()
+    }
+    fn info(&self) -> kvstore_core::StoreResult<kvstore_core::StoreInfo> {
+        self.inner.info()
+    }
 }

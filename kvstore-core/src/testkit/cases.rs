@@ -1307,6 +1307,28 @@ pub fn c7_failed_sync_poisons_until_reopen(f: &dyn StoreFactory) {
         }
     };
     let rev = vb.revision();
+    // Opening the revision again, without reopening the backend, gives a
+    // usable handle on what is durable: the same one when the backend
+    // recovered by itself, otherwise a fresh one (the poisoned handle stays
+    // poisoned for whoever still holds it).
+    let fresh = h.store().open(Vbid(0), rev).unwrap();
+    if recovered {
+        assert!(Arc::ptr_eq(&vb, &fresh), "a recovered handle is kept");
+    } else {
+        assert!(
+            !Arc::ptr_eq(&vb, &fresh),
+            "a poisoned handle is not handed out"
+        );
+        assert!(vb.get(&key("a")).unwrap_err().is_poisoned());
+    }
+    assert!(fresh.get(&key("a")).unwrap().is_some());
+    let fb = fresh.get(&key("b")).unwrap().is_some();
+    assert_eq!(
+        fb,
+        fresh.get(&key("c")).unwrap().is_some(),
+        "all or nothing"
+    );
+    drop(fresh);
     drop(vb);
     h.reopen();
     let vb = h.store().open(Vbid(0), rev).unwrap();
