@@ -224,6 +224,19 @@ impl BenchStore for OurStore {
         Ok(())
     }
 
+    fn reclaim_activity(&self) -> Option<ReclaimActivity> {
+        let mut a = ReclaimActivity {
+            started: 0,
+            running: false,
+        };
+        for vb in self.vbs.values() {
+            let i = vb.info().ok()?;
+            a.started += i.reclaim_passes;
+            a.running |= i.reclaiming;
+        }
+        Some(a)
+    }
+
     fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let doc = self.vb(vb)?.get(&disk_key(key)?).map_err(err("get"))?;
         Ok(doc.filter(|d| !d.is_deleted()).map(|d| d.value.to_vec()))

@@ -160,6 +160,14 @@ pub struct EngineStats {
     pub backing_off: usize,
     /// Bytes the stores take on disk.
     pub disk_bytes: u64,
+    /// Key and value bytes of the current version of every document on
+    /// disk (what `disk_bytes` would be with no stale data at all).
+    pub disk_live_bytes: u64,
+    /// Bytes the stores' background space reclamation has given back to
+    /// the filesystem (see [`StoreInfo::reclaimed_bytes`]).
+    pub disk_reclaimed_bytes: u64,
+    /// Vbuckets whose store is reclaiming space now.
+    pub reclaiming_vbuckets: usize,
     /// Vbucket deletions waiting for their last guard or running.
     pub pending_deletions: usize,
     /// Calls with parked state (client cookies and Rust callers waiting).
@@ -1242,14 +1250,17 @@ impl Engine {
             s.store_reopens += v.store_reopens;
             s.failing_vbuckets += usize::from(v.health != VbHealth::Healthy);
             s.disk_bytes += v.disk.file_bytes;
+            s.disk_live_bytes += v.disk.data_bytes;
+            s.disk_reclaimed_bytes += v.disk.reclaimed_bytes;
+            s.reclaiming_vbuckets += usize::from(v.disk.reclaiming);
         }
         s
     }
 
     /// Flushes everything, stops the background threads, lets go of the
     /// vbuckets (nothing is deleted) and closes the backend, which releases
-    /// the data directory ([`kvstore_core::KvStore::close`]). Pending deletions finish first. It
-    /// takes `&self`, so a shared `Arc<Engine>` can be shut down; every
+    /// the data directory ([`kvstore_core::KvStore::close`]). Pending
+    /// deletions finish first. It takes `&self`, so a shared `Arc<Engine>` can be shut down; every
     /// later call gets `ShuttingDown`, and a second shutdown does nothing.
     /// When it returns Ok, every write acknowledged before it is durable.
     pub fn shutdown(&self) -> EngineResult<()> {

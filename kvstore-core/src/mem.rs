@@ -560,6 +560,7 @@ impl VbStore for MemVbStore {
             deleted_items: snap.deleted,
             data_bytes: snap.data_bytes,
             file_bytes: snap.file_bytes(),
+            ..StoreInfo::default()
         })
     }
 }

@@ -311,6 +311,14 @@ pub struct StoreInfo {
     pub data_bytes: u64,
     /// Bytes the store takes on disk (or in memory for `MemStore`).
     pub file_bytes: u64,
+    /// Bytes the backend's own space reclamation has given back to the
+    /// filesystem over the revision's life (0 for a backend that leaves
+    /// this to its library, as RocksDB's compaction does).
+    pub reclaimed_bytes: u64,
+    /// Reclamation passes started since the store was opened.
+    pub reclaim_passes: u64,
+    /// True while a reclamation pass runs.
+    pub reclaiming: bool,
 }
 
 impl StoreInfo {

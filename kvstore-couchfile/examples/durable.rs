@@ -77,6 +77,15 @@ fn main() {
         config.memtable_bytes = m.parse::<usize>().unwrap() << 20;
         config.memtable_budget = config.memtable_bytes * 2;
     }
+    if let Ok(m) = std::env::var("CACHE_MB") {
+        config.cache_bytes = m.parse::<usize>().unwrap() << 20;
+    }
+    if let Ok(m) = std::env::var("BLOCK_MB") {
+        config.block_cache_bytes = m.parse::<usize>().unwrap() << 20;
+    }
+    if let Ok(r) = std::env::var("REWRITE_RATIO") {
+        config.index_rewrite_ratio = r.parse().unwrap();
+    }
     if std::env::var("NO_BACKGROUND").is_ok() {
         config.background = false;
     }
@@ -164,6 +173,7 @@ fn main() {
     );
     let probe: Vec<DiskKey> = (0..reads).map(|_| key(rng.random_range(0..n))).collect();
     let mut lat = Vec::with_capacity(reads as usize);
+    let (nodes0, blocks0) = (store.cache_hit_miss(), store.block_hit_miss());
     let t = Instant::now();
     for k in &probe {
         let o = Instant::now();
@@ -178,6 +188,14 @@ fn main() {
         reads as f64 / s,
         pct(lat.clone(), 0.5),
         pct(lat, 0.99)
+    );
+    let (nodes1, blocks1) = (store.cache_hit_miss(), store.block_hit_miss());
+    println!(
+        "  node cache hits {} misses {}; block cache hits {} misses {}",
+        nodes1.0 - nodes0.0,
+        nodes1.1 - nodes0.1,
+        blocks1.0 - blocks0.0,
+        blocks1.1 - blocks0.1
     );
     keys.shuffle(&mut rng);
     let mut lat = Vec::new();

@@ -98,7 +98,11 @@
 //! See [`maint`]. Thresholds: a closed segment entirely behind the replay
 //! position is reclaimed when less than [`CouchConfig::reclaim_live_ratio`]
 //! (default 0.5) of its bytes are live and at least
-//! [`CouchConfig::reclaim_min_garbage`] are garbage; the index is rewritten
+//! [`CouchConfig::reclaim_min_garbage`] (default 256 KiB) are garbage (the
+//! fragmentation threshold). While more than
+//! [`CouchConfig::reclaim_garbage_ratio`] (default 0.2) of the whole log is
+//! garbage, the closed segment with the least live share is reclaimed
+//! whatever its share (the size threshold). The index is rewritten
 //! densely when a checkpoint would leave it over
 //! [`CouchConfig::index_rewrite_ratio`] (default 2) times its dense size, or
 //! changes more than a quarter of its entries. Reclamation copies documents

@@ -19,7 +19,9 @@
 //! version adds to its segment, and takes its predecessor's bytes off the
 //! predecessor's segment). A segment that is entirely behind the replay
 //! position, with less than [`crate::CouchConfig::reclaim_live_ratio`] of
-//! its bytes live, is reclaimed: its live documents are copied to the head
+//! its bytes live (or the least live one, while more than
+//! [`crate::CouchConfig::reclaim_garbage_ratio`] of the log is garbage), is
+//! reclaimed: its live documents are copied to the head
 //! of the log in relocation records (each copy applies only if the document
 //! has not changed meanwhile), in batches that hold the writer for one small
 //! append each. A segment with nothing live is dropped from the segment
@@ -742,13 +744,21 @@ pub(crate) fn reclaim_step(vb: &CouchVb, iw: &IndexWriter, all: bool) -> StoreRe
     let replay_seg = iw.header.wal_seg;
     let victim = {
         let w = lock(&vb.writer);
+        // Emptied segments are on their way out: not counted.
+        let (total, live) = w
+            .segs
+            .values()
+            .filter(|s| s.live > 0 || s.no == w.wal.seg.no)
+            .fold((0u64, 0u64), |(t, l), s| (t + s.total, l + s.live));
+        let over_size = (total - live.min(total)) as f64 > cfg.reclaim_garbage_ratio * total as f64;
         w.segs
             .values()
             .filter(|s| s.no < replay_seg && s.no != w.wal.seg.no && s.live > 0)
             .filter(|s| {
-                all && s.live < s.total
-                    || ((s.live as f64) < cfg.reclaim_live_ratio * s.total as f64
-                        && s.total - s.live >= cfg.reclaim_min_garbage)
+                let garbage = s.total - s.live.min(s.total);
+                all && garbage > 0
+                    || (garbage >= cfg.reclaim_min_garbage
+                        && (over_size || (s.live as f64) < cfg.reclaim_live_ratio * s.total as f64))
             })
             .min_by(|a, b| {
                 (a.live as f64 / a.total.max(1) as f64)

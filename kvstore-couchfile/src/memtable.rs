@@ -138,7 +138,7 @@ impl KeyVersions<'_> {
 /// What the memtable holds, behind its lock.
 #[derive(Debug)]
 pub struct MemInner {
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
     table: HashTable<u32>,
     entries: Vec<Entry>,
     arena: Vec<u8>,
@@ -155,7 +155,7 @@ pub struct MemInner {
 impl Default for MemInner {
     fn default() -> Self {
         MemInner {
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             table: HashTable::new(),
             entries: Vec::new(),
             arena: Vec::new(),

@@ -11,7 +11,7 @@ use crate::memtable::{Change, Found, IndexRec, Memtable};
 use crate::node::Compression;
 use crate::wal::{
     RecordBuilder, RecordKind, Segment, WalPtr, WalWriter, check_segment_header, create_segment,
-    decode_item, decode_item_head, encode_locals, item_count_prefix, parse_segment_name,
+    decode_item_head, encode_locals, item_count_prefix, parse_segment_name,
     segment_name,
 };
 use bytes::Bytes;
@@ -69,6 +69,11 @@ pub struct CouchConfig {
     /// ... and at least this many of its bytes are garbage (default
     /// 256 KiB).
     pub reclaim_min_garbage: u64,
+    /// The size threshold: while more than this share of the whole log is
+    /// garbage, the closed segment with the least live share is reclaimed
+    /// too, whatever its share (default 0.2, so the log stays within 1.25x
+    /// of its live bytes once reclamation catches up).
+    pub reclaim_garbage_ratio: f64,
     /// The index file is rewritten densely (instead of appended to) when a
     /// checkpoint would leave it larger than this multiple of its dense size,
     /// or when the checkpoint changes more than a quarter of its entries
@@ -100,6 +105,7 @@ impl Default for CouchConfig {
             segment_bytes: 16 << 20,
             reclaim_live_ratio: 0.5,
             reclaim_min_garbage: 256 << 10,
+            reclaim_garbage_ratio: 0.2,
             index_rewrite_ratio: 2.0,
             max_open_files: fds,
             background: true,
@@ -430,6 +436,12 @@ impl CouchStore {
     #[must_use]
     pub fn cache_hit_miss(&self) -> (u64, u64) {
         self.shared.nodes.hit_miss()
+    }
+
+    /// Block-cache hits and misses.
+    #[must_use]
+    pub fn block_hit_miss(&self) -> (u64, u64) {
+        self.shared.blocks.hit_miss()
     }
 
     /// Bytes held by the node cache and the block cache now.
@@ -890,7 +902,7 @@ impl VbView {
         blocks: &BlockCache,
         expect: Option<&DiskKey>,
     ) -> StoreResult<Document> {
-        let doc = self.read_ptr(rec.ptr, blocks)?;
+        let doc = self.read_ptr_for(rec.ptr, blocks, expect)?;
         if doc.meta.seqno != rec.seqno || expect.is_some_and(|k| *k != doc.key) {
             let path = self.seg_path(rec.ptr.seg);
             return Err(StoreError::corrupt(
@@ -916,6 +928,16 @@ impl VbView {
 
     /// Reads and decodes the item at `ptr`.
     pub(crate) fn read_ptr(&self, ptr: WalPtr, blocks: &BlockCache) -> StoreResult<Document> {
+        self.read_ptr_for(ptr, blocks, None)
+    }
+
+    /// [`VbView::read_ptr`] of an item expected to hold `expect`.
+    fn read_ptr_for(
+        &self,
+        ptr: WalPtr,
+        blocks: &BlockCache,
+        expect: Option<&DiskKey>,
+    ) -> StoreResult<Document> {
         let seg = self.segments.get(&ptr.seg).ok_or_else(|| {
             StoreError::corrupt(
                 self.index.file.path(),
@@ -927,7 +949,8 @@ impl VbView {
             )
         })?;
         let raw = seg.read_item(ptr, blocks)?;
-        decode_item(&raw).map_err(|e| StoreError::corrupt(seg.slot.path(), ptr.off, e.kind()))
+        crate::wal::decode_item_for(&raw, expect)
+            .map_err(|e| StoreError::corrupt(seg.slot.path(), ptr.off, e.kind()))
     }
 
     /// Pins every file of the view open.
@@ -2118,6 +2141,9 @@ impl VbStore for CouchVb {
             deleted_items: v.counts.deleted,
             data_bytes: v.counts.bytes,
             file_bytes: v.disk_bytes,
+            reclaimed_bytes: v.reclaimed,
+            reclaim_passes: self.stats.reclaim_started.load(Ordering::Relaxed),
+            reclaiming: self.stats.reclaiming.load(Ordering::Relaxed),
         })
     }
 }

@@ -317,9 +317,18 @@ fn item_body(item: &[u8]) -> DecodeResult<&[u8]> {
 }
 
 fn decode_head(r: &mut Reader<'_>) -> DecodeResult<(DiskKey, DocMeta)> {
+    decode_head_for(r, None)
+}
+
+/// Decodes an item's key and metadata; when the key is `expect`, that key
+/// is reused rather than parsed and copied again.
+fn decode_head_for(r: &mut Reader<'_>, expect: Option<&DiskKey>) -> DecodeResult<(DiskKey, DocMeta)> {
     let raw = r.bytes(kvstore_core::key::MAX_DISK_KEY_LEN, "key length")?;
-    let key = DiskKey::from_bytes(raw)
-        .map_err(|e| DecodeError::new("log item", format!("bad key: {e}")))?;
+    let key = match expect {
+        Some(k) if k.as_bytes() == raw => k.clone(),
+        _ => DiskKey::from_bytes(raw)
+            .map_err(|e| DecodeError::new("log item", format!("bad key: {e}")))?,
+    };
     let seqno = Seqno(r.varint()?);
     let rev_seqno = RevSeqno(r.varint()?);
     let cas = Cas(r.u64()?);
@@ -345,9 +354,15 @@ fn decode_head(r: &mut Reader<'_>) -> DecodeResult<(DiskKey, DocMeta)> {
 
 /// Decodes a whole item (framing included) into a document.
 pub fn decode_item(item: &[u8]) -> DecodeResult<Document> {
+    decode_item_for(item, None)
+}
+
+/// [`decode_item`] for a read of `expect`: an item holding that key reuses
+/// it (a different key is decoded as it is, for the caller to reject).
+pub fn decode_item_for(item: &[u8], expect: Option<&DiskKey>) -> DecodeResult<Document> {
     let body = item_body(item)?;
     let mut r = Reader::new(body, "log item");
-    let (key, meta) = decode_head(&mut r)?;
+    let (key, meta) = decode_head_for(&mut r, expect)?;
     let value = match r.u8()? {
         VALUE_RAW => Bytes::copy_from_slice(r.bytes(MAX_ITEM_LEN as usize, "value length")?),
         VALUE_SNAPPY => {
@@ -591,7 +606,11 @@ fn parse_header(h: &[u8]) -> Result<RecHeader, CorruptionKind> {
 
 /// Removes block markers from `phys` (which starts at physical offset
 /// `at`), checking that every block start inside it is a data marker.
-pub fn demark(phys: &[u8], at: u64, path: &std::path::Path) -> StoreResult<Vec<u8>> {
+pub fn demark(
+    phys: &[u8],
+    at: u64,
+    path: impl FnOnce() -> std::path::PathBuf,
+) -> StoreResult<Vec<u8>> {
     let mut out = Vec::with_capacity(phys.len());
     let mut i = 0usize;
     while i < phys.len() {
@@ -599,7 +618,7 @@ pub fn demark(phys: &[u8], at: u64, path: &std::path::Path) -> StoreResult<Vec<u
         if p.is_multiple_of(BLOCK_SIZE) {
             if phys[i] != MARKER_DATA {
                 return Err(StoreError::corrupt(
-                    path,
+                    path(),
                     p,
                     CorruptionKind::Malformed {
                         what: "log block marker",
@@ -871,21 +890,40 @@ impl Segment {
                 return Ok(b.slice_ref(item));
             }
         }
-        let mut phys = Vec::with_capacity(((last - first + 1) * BLOCK_SIZE) as usize);
-        let mut missing = false;
+        let s = (ptr.off - first * BLOCK_SIZE) as usize;
+        let corrupt_span = || {
+            StoreError::corrupt(
+                self.slot.path(),
+                ptr.off,
+                CorruptionKind::Truncated {
+                    needed: ptr.off + span,
+                    available: 0,
+                },
+            )
+        };
+        // Spread over several blocks: every one of them cached, or one read.
+        let mut cached = Vec::with_capacity((last - first + 1) as usize * BLOCK_SIZE as usize);
         for blk in first..=last {
             match cache.get((self.cache_id, blk)) {
-                Some(b) if b.len() == BLOCK_SIZE as usize => phys.extend_from_slice(&b),
+                Some(b) if b.len() == BLOCK_SIZE as usize => cached.extend_from_slice(&b),
                 _ => {
-                    missing = true;
+                    cached.clear();
                     break;
                 }
             }
         }
-        if missing {
-            let f = self.slot.get()?;
+        if !cached.is_empty() {
+            let phys = cached.get(s..s + span as usize).ok_or_else(corrupt_span)?;
+            return Ok(Bytes::from(demark(phys, ptr.off, || self.slot.path())?));
+        }
+        let f = self.slot.get()?;
+        // One read into one buffer, which the cached blocks then share (no
+        // copy per block).
+        let end = (last + 1) * BLOCK_SIZE;
+        let mut buf = vec![0u8; (end - first * BLOCK_SIZE) as usize];
+        if f.read_at(&mut buf, first * BLOCK_SIZE).is_err() {
+            // The segment's last block may be short: read what there is.
             let file_len = f.size()?;
-            let end = (last + 1) * BLOCK_SIZE;
             if ptr.off + span > file_len {
                 return Err(StoreError::corrupt(
                     self.slot.path(),
@@ -896,22 +934,25 @@ impl Segment {
                     },
                 ));
             }
-            let read_to = end.min(file_len);
-            phys.clear();
-            phys.resize((read_to - first * BLOCK_SIZE) as usize, 0);
-            f.read_at(&mut phys, first * BLOCK_SIZE)?;
-            // Only items up to a few blocks are worth caching.
-            if last - first < 16 {
-                for (i, b) in phys.chunks(BLOCK_SIZE as usize).enumerate() {
-                    if b.len() == BLOCK_SIZE as usize {
-                        cache.insert((self.cache_id, first + i as u64), Bytes::copy_from_slice(b));
-                    }
+            buf.truncate((file_len.min(end) - first * BLOCK_SIZE) as usize);
+            f.read_at(&mut buf, first * BLOCK_SIZE)?;
+        }
+        let buf = Bytes::from(buf);
+        // Only items up to a few blocks are worth caching.
+        if last - first < 16 {
+            for i in 0..=(last - first) as usize {
+                let b = i * BLOCK_SIZE as usize;
+                if let Some(block) = buf.get(b..b + BLOCK_SIZE as usize) {
+                    cache.insert((self.cache_id, first + i as u64), buf.slice_ref(block));
                 }
             }
         }
-        let s = (ptr.off - first * BLOCK_SIZE) as usize;
-        let item = demark(&phys[s..s + span as usize], ptr.off, &self.slot.path())?;
-        Ok(Bytes::from(item))
+        let phys = buf.get(s..s + span as usize).ok_or_else(corrupt_span)?;
+        if first == last {
+            // Within one block: no marker inside.
+            return Ok(buf.slice_ref(phys));
+        }
+        Ok(Bytes::from(demark(phys, ptr.off, || self.slot.path())?))
     }
 
     /// Puts freshly written blocks in the block cache.
@@ -1259,7 +1300,7 @@ mod tests {
             let span = phys_span(ptr.off, u64::from(ptr.len));
             let mut phys = vec![0u8; span as usize];
             f.read_at(&mut phys, ptr.off).unwrap();
-            assert_eq!(demark(&phys, ptr.off, f.path()).unwrap(), bytes.to_vec());
+            assert_eq!(demark(&phys, ptr.off, || f.path().to_path_buf()).unwrap(), bytes.to_vec());
         }
         assert_eq!(decode_item(&p.items[299].1).unwrap(), docs[299]);
         // A flipped payload byte is a damaged record; zeros are empty.

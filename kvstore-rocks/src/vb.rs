@@ -802,6 +802,7 @@ impl VbStore for RocksVb {
             // RocksDB's estimate leaves out the memtables, so recent data
             // is counted at its logical size until it is flushed.
             file_bytes: disk.max(h.data_bytes),
+            ..StoreInfo::default()
         })
     }
 }
