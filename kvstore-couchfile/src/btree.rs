@@ -204,6 +204,177 @@ impl Action {
     }
 }
 
+/// One action of [`Actions`]: its key and value as spans of the shared
+/// buffer (`v0 == u32::MAX` for a removal).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    k0: u32,
+    k1: u32,
+    v0: u32,
+    v1: u32,
+}
+
+/// Sorted actions on one tree, each 16 bytes over one shared buffer (a
+/// checkpoint of a big memtable holds hundreds of thousands of them).
+#[derive(Debug, Clone, Default)]
+pub struct Actions {
+    buf: Bytes,
+    spans: Vec<Span>,
+}
+
+/// Where the actions of one tree lie in a shared buffer, as they are
+/// built (see [`Actions::share`]).
+#[derive(Debug, Default)]
+pub struct SpanList(Vec<Span>);
+
+fn offset(n: usize) -> u32 {
+    // A checkpoint's buffer is bounded by the memtable it comes from, far
+    // below 4 GiB.
+    debug_assert!(n < u32::MAX as usize);
+    n as u32
+}
+
+impl SpanList {
+    /// Room for `n` actions.
+    #[must_use]
+    pub fn with_capacity(n: usize) -> Self {
+        SpanList(Vec::with_capacity(n))
+    }
+
+    /// Adds an action whose key (and value, for a put) lie at these ranges
+    /// of the buffer.
+    pub fn push(&mut self, key: std::ops::Range<usize>, value: Option<std::ops::Range<usize>>) {
+        let (v0, v1) = value.map_or((u32::MAX, u32::MAX), |v| (offset(v.start), offset(v.end)));
+        self.0.push(Span {
+            k0: offset(key.start),
+            k1: offset(key.end),
+            v0,
+            v1,
+        });
+    }
+
+    /// Actions added so far.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when none was added.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Actions {
+    /// Actions from a list (tests, small trees).
+    #[must_use]
+    pub fn from_list(list: &[Action]) -> Self {
+        let mut buf = Vec::new();
+        let mut spans = SpanList::with_capacity(list.len());
+        for a in list {
+            let k0 = buf.len();
+            buf.extend_from_slice(a.key());
+            let k1 = buf.len();
+            match a {
+                Action::Put(_, v) => {
+                    buf.extend_from_slice(v);
+                    spans.push(k0..k1, Some(k1..buf.len()));
+                }
+                Action::Remove(_) => spans.push(k0..k1, None),
+            }
+        }
+        let buf = Bytes::from(buf);
+        Actions { buf, spans: spans.0 }
+    }
+
+    /// The actions of several trees over one buffer, each list sorted by
+    /// key already.
+    #[must_use]
+    pub fn share<const N: usize>(buf: Vec<u8>, lists: [SpanList; N]) -> [Actions; N] {
+        let buf = Bytes::from(buf);
+        lists.map(|l| Actions {
+            buf: buf.clone(),
+            spans: l.0,
+        })
+    }
+
+    /// All of them.
+    #[must_use]
+    pub fn all(&self) -> ActionSlice<'_> {
+        ActionSlice {
+            buf: &self.buf,
+            spans: &self.spans,
+        }
+    }
+
+    /// How many.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// A run of [`Actions`].
+#[derive(Debug, Clone, Copy)]
+pub struct ActionSlice<'a> {
+    buf: &'a Bytes,
+    spans: &'a [Span],
+}
+
+impl<'a> ActionSlice<'a> {
+    /// How many.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The key of action `i`.
+    #[must_use]
+    pub fn key(&self, i: usize) -> &'a [u8] {
+        let s = self.spans[i];
+        &self.buf[s.k0 as usize..s.k1 as usize]
+    }
+
+    /// Action `i`, its key and value shared with the buffer.
+    #[must_use]
+    pub fn get(&self, i: usize) -> Action {
+        let s = self.spans[i];
+        let k = self.buf.slice(s.k0 as usize..s.k1 as usize);
+        if s.v0 == u32::MAX {
+            Action::Remove(k)
+        } else {
+            Action::Put(k, self.buf.slice(s.v0 as usize..s.v1 as usize))
+        }
+    }
+
+    /// Actions `range` of this run.
+    #[must_use]
+    pub fn slice(&self, range: std::ops::Range<usize>) -> ActionSlice<'a> {
+        ActionSlice {
+            buf: self.buf,
+            spans: &self.spans[range],
+        }
+    }
+
+    /// Every action, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
 /// The deepest tree a file may hold. Nodes of a few KiB with at least two
 /// children each make this far more than any real tree needs.
 pub const MAX_DEPTH: usize = 32;
@@ -344,10 +515,10 @@ pub fn modify(
     w: &mut NodeWriter<'_>,
     kind: TreeKind,
     root: Option<Root>,
-    actions: &[Action],
+    actions: ActionSlice<'_>,
     replaced: &mut dyn FnMut(&Bytes, &Bytes),
 ) -> StoreResult<Option<Root>> {
-    debug_assert!(actions.windows(2).all(|p| p[0].key() < p[1].key()));
+    debug_assert!((1..actions.len()).all(|i| actions.key(i - 1) < actions.key(i)));
     if actions.is_empty() {
         return Ok(root);
     }
@@ -385,17 +556,17 @@ fn finish_root(w: &mut NodeWriter<'_>, mut refs: Vec<ChildRef>) -> StoreResult<O
 /// and whether anything changed.
 fn merge_leaf(
     entries: &[(Bytes, Bytes)],
-    actions: &[Action],
+    actions: ActionSlice<'_>,
     replaced: &mut dyn FnMut(&Bytes, &Bytes),
 ) -> (Vec<(Bytes, Bytes)>, bool) {
     let mut out = Vec::with_capacity(entries.len() + actions.len());
     let (mut i, mut j) = (0, 0);
     let mut changed = false;
     while i < entries.len() || j < actions.len() {
-        let ord = match (entries.get(i), actions.get(j)) {
-            (Some((k, _)), Some(a)) => k.cmp(a.key()),
-            (Some(_), None) => Ordering::Less,
-            (None, _) => Ordering::Greater,
+        let ord = match entries.get(i) {
+            Some((k, _)) if j < actions.len() => k[..].cmp(actions.key(j)),
+            Some(_) => Ordering::Less,
+            None => Ordering::Greater,
         };
         match ord {
             Ordering::Less => {
@@ -403,16 +574,16 @@ fn merge_leaf(
                 i += 1;
             }
             Ordering::Greater => {
-                if let Action::Put(k, v) = &actions[j] {
-                    out.push((k.clone(), v.clone()));
+                if let Action::Put(k, v) = actions.get(j) {
+                    out.push((k, v));
                     changed = true;
                 }
                 j += 1;
             }
             Ordering::Equal => {
                 replaced(&entries[i].0, &entries[i].1);
-                if let Action::Put(k, v) = &actions[j] {
-                    out.push((k.clone(), v.clone()));
+                if let Action::Put(k, v) = actions.get(j) {
+                    out.push((k, v));
                 }
                 changed = true;
                 i += 1;
@@ -432,7 +603,7 @@ fn modify_node(
     w: &mut NodeWriter<'_>,
     kind: TreeKind,
     ptr: ChunkPtr,
-    actions: &[Action],
+    actions: ActionSlice<'_>,
     replaced: &mut dyn FnMut(&Bytes, &Bytes),
     is_root: bool,
     depth: usize,
@@ -455,7 +626,7 @@ fn modify_node(
             for (ci, child) in children.iter().enumerate() {
                 let last = ci + 1 == children.len();
                 let start = j;
-                while j < actions.len() && (last || actions[j].key()[..] <= child.max_key[..]) {
+                while j < actions.len() && (last || actions.key(j) <= &child.max_key[..]) {
                     j += 1;
                 }
                 if start == j {
@@ -468,7 +639,7 @@ fn modify_node(
                     w,
                     kind,
                     child.ptr,
-                    &actions[start..j],
+                    actions.slice(start..j),
                     replaced,
                     false,
                     depth + 1,
@@ -651,7 +822,8 @@ mod tests {
         let mut out = PhysWriter::new(base);
         let mut w = NodeWriter::new(&mut out, Compression::Lz4, node_size, false);
         let mut replaced = Vec::new();
-        let root = modify(r, &mut w, TreeKind::Local, root, actions, &mut |k, _| {
+        let actions = Actions::from_list(actions);
+        let root = modify(r, &mut w, TreeKind::Local, root, actions.all(), &mut |k, _| {
             replaced.push(k.clone());
         })
         .unwrap();

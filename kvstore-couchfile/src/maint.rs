@@ -30,7 +30,9 @@
 //! reader pins it.
 
 use crate::block::{BLOCK_SIZE, PhysWriter};
-use crate::btree::{Action, Builder, NodeWriter, TreeKind, iterate, modify};
+use crate::btree::{
+    Action, ActionSlice, Actions, Builder, NodeWriter, SpanList, TreeKind, iterate, modify,
+};
 use crate::codec::{decode_key_rec, encode_key_rec, encode_seq_rec, seqno_key};
 use crate::fdcache::StoreDir;
 use crate::file::CouchFile;
@@ -270,9 +272,9 @@ pub(crate) fn write_fresh_index(
 
 /// The changes a frozen memtable makes to the three trees, sorted.
 struct TreeChanges {
-    by_key: Vec<Action>,
-    by_seqno: Vec<Action>,
-    local: Vec<Action>,
+    by_key: Actions,
+    by_seqno: Actions,
+    local: Actions,
     /// Keys the memtable changed (for the share of the index it touches).
     keys: u64,
 }
@@ -280,70 +282,48 @@ struct TreeChanges {
 fn changes_of(mem: &Memtable, locals: &BTreeMap<String, Bytes>) -> TreeChanges {
     let m = mem.read();
     let sorted = m.range(b"", None);
-    // Every key and record of the checkpoint goes into one arena, which the
-    // actions slice: a few allocations per checkpoint, not several per key.
-    let mut arena: Vec<u8> = Vec::with_capacity(sorted.len() * 64);
-    let mut spans: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(sorted.len());
-    // (seqno, span of the by-seqno record, or none for a removal); for one
-    // seqno a put comes after the removal of the same seqno (a relocated
-    // copy replaces its original).
-    let mut seq: Vec<(u64, bool, usize, usize)> = Vec::with_capacity(sorted.len() * 2);
+    // Every key and record of the checkpoint goes into one buffer, which
+    // the actions of both trees share: 16 bytes an action, and a few
+    // allocations per checkpoint.
+    let mut buf: Vec<u8> = Vec::with_capacity(sorted.len() * 64);
+    let mut by_key = SpanList::with_capacity(sorted.len());
+    // (seqno, start and end of its by-seqno record, or u32::MAX for a
+    // removal); for one seqno a put comes after the removal of the same
+    // seqno (a relocated copy replaces its original).
+    let mut seq: Vec<(u64, u32, u32)> = Vec::with_capacity(sorted.len() * 2);
     for (key, kv) in &sorted {
         if let Some(p) = kv.prior_seqno() {
-            seq.push((p.0, false, 0, 0));
+            seq.push((p.0, u32::MAX, u32::MAX));
         }
-        let k0 = arena.len();
-        arena.extend_from_slice(key);
-        let k1 = arena.len();
+        let k0 = buf.len();
+        buf.extend_from_slice(key);
+        let k1 = buf.len();
         match kv.last().change {
             Change::Put(r) => {
-                encode_key_rec(&r, &mut arena);
-                let v1 = arena.len();
-                encode_seq_rec(&r, &mut arena);
-                seq.push((r.seqno.0, true, v1, arena.len()));
-                spans.push((k0, k1, k1, v1));
+                encode_key_rec(&r, &mut buf);
+                let v1 = buf.len();
+                encode_seq_rec(&r, &mut buf);
+                seq.push((r.seqno.0, v1 as u32, buf.len() as u32));
+                by_key.push(k0..k1, Some(k1..v1));
             }
-            Change::Purge => spans.push((k0, k1, k1, k1)),
+            Change::Purge => by_key.push(k0..k1, None),
         }
     }
-    let purges: Vec<bool> = sorted
-        .iter()
-        .map(|(_, kv)| matches!(kv.last().change, Change::Purge))
-        .collect();
     drop(sorted);
-    seq.sort_unstable_by_key(|e| (e.0, e.1));
-    let arena = Bytes::from(arena);
-    let by_key = spans
-        .iter()
-        .zip(purges)
-        .map(|(&(k0, k1, v0, v1), purge)| {
-            let k = arena.slice(k0..k1);
-            if purge {
-                Action::Remove(k)
-            } else {
-                Action::Put(k, arena.slice(v0..v1))
-            }
-        })
-        .collect();
-    let mut keys = Vec::with_capacity(seq.len() * 8);
-    for e in &seq {
-        keys.extend_from_slice(&seqno_key(Seqno(e.0)));
-    }
-    let keys = Bytes::from(keys);
-    let mut by_seqno: Vec<Action> = Vec::with_capacity(seq.len());
-    for (i, &(s, put, v0, v1)) in seq.iter().enumerate() {
-        let k = keys.slice(i * 8..i * 8 + 8);
+    seq.sort_unstable_by_key(|e| (e.0, e.1 != u32::MAX));
+    let mut by_seqno = SpanList::with_capacity(seq.len());
+    for (i, &(s, v0, v1)) in seq.iter().enumerate() {
         // The last entry of a seqno wins.
         if seq.get(i + 1).is_some_and(|n| n.0 == s) {
             continue;
         }
-        by_seqno.push(if put {
-            Action::Put(k, arena.slice(v0..v1))
-        } else {
-            Action::Remove(k)
-        });
+        let k0 = buf.len();
+        buf.extend_from_slice(&seqno_key(Seqno(s)));
+        let k = k0..buf.len();
+        by_seqno.push(k, (v0 != u32::MAX).then_some(v0 as usize..v1 as usize));
     }
-    let local = m
+    drop(seq);
+    let local: Vec<Action> = m
         .locals_changed
         .iter()
         .map(|name| match locals.get(name) {
@@ -351,10 +331,11 @@ fn changes_of(mem: &Memtable, locals: &BTreeMap<String, Bytes>) -> TreeChanges {
             None => Action::Remove(Bytes::from(name.clone())),
         })
         .collect();
+    let [by_key, by_seqno] = Actions::share(buf, [by_key, by_seqno]);
     TreeChanges {
         by_key,
         by_seqno,
-        local,
+        local: Actions::from_list(&local),
         keys: m.len() as u64,
     }
 }
@@ -363,22 +344,22 @@ fn changes_of(mem: &Memtable, locals: &BTreeMap<String, Bytes>) -> TreeChanges {
 fn rebuild(
     src: &CouchFile,
     root: Option<&crate::header::Root>,
-    actions: &[Action],
+    actions: ActionSlice<'_>,
     kind: TreeKind,
     w: &mut NodeWriter<'_>,
 ) -> StoreResult<Option<crate::header::Root>> {
     let mut b = Builder::new(kind);
     let mut j = 0;
     iterate(src, root, b"", None, &mut |k, v| {
-        while j < actions.len() && actions[j].key()[..] < k[..] {
-            if let Action::Put(ak, av) = &actions[j] {
-                b.push(src, w, ak.clone(), av.clone())?;
+        while j < actions.len() && actions.key(j) < &k[..] {
+            if let Action::Put(ak, av) = actions.get(j) {
+                b.push(src, w, ak, av)?;
             }
             j += 1;
         }
-        if j < actions.len() && actions[j].key()[..] == k[..] {
-            if let Action::Put(ak, av) = &actions[j] {
-                b.push(src, w, ak.clone(), av.clone())?;
+        if j < actions.len() && actions.key(j) == &k[..] {
+            if let Action::Put(ak, av) = actions.get(j) {
+                b.push(src, w, ak, av)?;
             }
             j += 1;
         } else {
@@ -386,9 +367,9 @@ fn rebuild(
         }
         Ok(true)
     })?;
-    for a in &actions[j..] {
+    for a in actions.slice(j..actions.len()).iter() {
         if let Action::Put(ak, av) = a {
-            b.push(src, w, ak.clone(), av.clone())?;
+            b.push(src, w, ak, av)?;
         }
     }
     b.finish(src, w)
@@ -425,7 +406,7 @@ fn append_checkpoint(
             &mut nw,
             TreeKind::ByKey,
             base.by_key,
-            &ch.by_key,
+            ch.by_key.all(),
             &mut |_, _| {},
         )?;
         header.by_seqno = modify(
@@ -433,7 +414,7 @@ fn append_checkpoint(
             &mut nw,
             TreeKind::BySeqno,
             base.by_seqno,
-            &ch.by_seqno,
+            ch.by_seqno.all(),
             &mut |_, _| {},
         )?;
         header.local = modify(
@@ -441,7 +422,7 @@ fn append_checkpoint(
             &mut nw,
             TreeKind::Local,
             base.local,
-            &ch.local,
+            ch.local.all(),
             &mut |_, _| {},
         )?;
         std::mem::take(&mut nw.written)
@@ -603,14 +584,14 @@ fn write_dense(
         header.by_key = rebuild(
             src,
             base.by_key.as_ref(),
-            &ch.by_key,
+            ch.by_key.all(),
             TreeKind::ByKey,
             &mut nw,
         )?;
         header.by_seqno = rebuild(
             src,
             base.by_seqno.as_ref(),
-            &ch.by_seqno,
+            ch.by_seqno.all(),
             TreeKind::BySeqno,
             &mut nw,
         )?;
@@ -1238,7 +1219,7 @@ pub(crate) fn rollback(vb: &CouchVb, to: Seqno) -> StoreResult<RollbackResult> {
         &mut nw,
         TreeKind::ByKey,
         base_header.by_key,
-        &ch.by_key,
+        ch.by_key.all(),
         &mut |_, _| {},
     )?;
     let by_seqno = modify(
@@ -1246,7 +1227,7 @@ pub(crate) fn rollback(vb: &CouchVb, to: Seqno) -> StoreResult<RollbackResult> {
         &mut nw,
         TreeKind::BySeqno,
         base_header.by_seqno,
-        &ch.by_seqno,
+        ch.by_seqno.all(),
         &mut |_, _| {},
     )?;
     let local = modify(
@@ -1254,7 +1235,7 @@ pub(crate) fn rollback(vb: &CouchVb, to: Seqno) -> StoreResult<RollbackResult> {
         &mut nw,
         TreeKind::Local,
         base_header.local,
-        &ch.local,
+        ch.local.all(),
         &mut |_, _| {},
     )?;
     drop(nw);

@@ -113,7 +113,7 @@ impl KeyVersions<'_> {
         }
         let mut i = self.e.older;
         while i != NONE {
-            let o = self.m.older[i as usize];
+            let o = *self.m.older.get(i as usize);
             if o.version.commit <= commit {
                 return Some(o.version);
             }
@@ -135,17 +135,124 @@ impl KeyVersions<'_> {
     }
 }
 
+/// Elements per chunk of a [`Chunked`].
+const CHUNK: usize = 4096;
+
+/// A vector grown a fixed-size chunk at a time: nothing is moved when it
+/// grows (no copy under the memtable's lock), and at most one chunk is
+/// unused (no doubling slack).
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy> Chunked<T> {
+    fn push(&mut self, t: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(t),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK);
+                c.push(t);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, i: usize) -> &T {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn last(&self) -> Option<&T> {
+        self.chunks.last().and_then(|c| c.last())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+
+    /// The first index whose element fails `pred` (elements ordered so
+    /// that `pred` holds for a prefix).
+    fn partition_point(&self, pred: impl Fn(&T) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(self.get(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.len() * CHUNK * std::mem::size_of::<T>()
+    }
+}
+
+/// Bytes per chunk of the key arena; a key never straddles two chunks.
+const ARENA_CHUNK: usize = 64 << 10;
+
+/// Keys, appended in chunks (no copy when it grows). A key is named by its
+/// offset: chunk number times [`ARENA_CHUNK`] plus its place in the chunk.
+#[derive(Debug, Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Arena {
+    fn push(&mut self, k: &[u8]) -> u32 {
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.len() + k.len() <= ARENA_CHUNK);
+        if !fits {
+            self.chunks
+                .push(Vec::with_capacity(ARENA_CHUNK.max(k.len())));
+        }
+        let n = self.chunks.len() - 1;
+        let c = &mut self.chunks[n];
+        let off = n * ARENA_CHUNK + c.len();
+        c.extend_from_slice(k);
+        off as u32
+    }
+
+    fn get(&self, off: u32, len: u16) -> &[u8] {
+        let (c, at) = (off as usize / ARENA_CHUNK, off as usize % ARENA_CHUNK);
+        &self.chunks[c][at..at + usize::from(len)]
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
+    }
+}
+
 /// What the memtable holds, behind its lock.
 #[derive(Debug)]
 pub struct MemInner {
     hasher: foldhash::fast::RandomState,
     table: HashTable<u32>,
-    entries: Vec<Entry>,
-    arena: Vec<u8>,
-    older: Vec<Older>,
+    entries: Chunked<Entry>,
+    arena: Arena,
+    older: Chunked<Older>,
     /// New seqnos here (relocations and purges keep theirs), ascending:
     /// seqno and entry.
-    by_seqno: Vec<(u64, u32)>,
+    by_seqno: Chunked<(u64, u32)>,
     /// Local documents changed here.
     pub locals_changed: BTreeSet<String>,
     /// The newest commit applied.
@@ -157,10 +264,10 @@ impl Default for MemInner {
         MemInner {
             hasher: foldhash::fast::RandomState::default(),
             table: HashTable::new(),
-            entries: Vec::new(),
-            arena: Vec::new(),
-            older: Vec::new(),
-            by_seqno: Vec::new(),
+            entries: Chunked::default(),
+            arena: Arena::default(),
+            older: Chunked::default(),
+            by_seqno: Chunked::default(),
             locals_changed: BTreeSet::new(),
             commits: 0,
         }
@@ -212,16 +319,12 @@ impl Memtable {
     #[must_use]
     pub fn successor(&self) -> Self {
         let m = self.read();
-        // About as many keys as the last one held: room from the start, so
-        // the table does not grow (rehash) step by step.
-        let n = m.entries.len();
+        // About as many keys as the last one held: room in the table from
+        // the start, so it does not grow (rehash) step by step.
         Memtable {
             inner: RwLock::new(MemInner {
                 hasher: m.hasher.clone(),
-                table: HashTable::with_capacity(n),
-                entries: Vec::with_capacity(n),
-                arena: Vec::with_capacity(m.arena.len()),
-                by_seqno: Vec::with_capacity(m.by_seqno.len()),
+                table: HashTable::with_capacity(m.entries.len),
                 ..MemInner::default()
             }),
         }
@@ -265,18 +368,18 @@ impl Memtable {
     /// True when nothing was applied.
     pub fn is_empty(&self) -> bool {
         let m = self.read();
-        m.entries.is_empty() && m.locals_changed.is_empty()
+        m.entries.len == 0 && m.locals_changed.is_empty()
     }
 }
 
 impl MemInner {
     fn key_of(&self, e: &Entry) -> &[u8] {
-        &self.arena[e.key_off as usize..e.key_off as usize + usize::from(e.key_len)]
+        self.arena.get(e.key_off, e.key_len)
     }
 
     fn find_hashed(&self, key: &[u8], h: u64) -> Option<u32> {
         self.table
-            .find(h, |&i| self.key_of(&self.entries[i as usize]) == key)
+            .find(h, |&i| self.key_of(self.entries.get(i as usize)) == key)
             .copied()
     }
 
@@ -287,7 +390,7 @@ impl MemInner {
     fn versions_hashed(&self, key: &[u8], h: u64) -> Option<KeyVersions<'_>> {
         self.find_hashed(key, h).map(|i| KeyVersions {
             m: self,
-            e: &self.entries[i as usize],
+            e: self.entries.get(i as usize),
         })
     }
 
@@ -300,13 +403,13 @@ impl MemInner {
     /// Keys here.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len
     }
 
     /// True when no key is here.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len == 0
     }
 
     /// Records a change of `key` by `commit`; `prior` is what the store
@@ -340,33 +443,32 @@ impl MemInner {
         let v = Version { commit, change };
         let idx = match self.find_hashed(key.as_bytes(), h) {
             Some(i) => {
-                let e = &mut self.entries[i as usize];
+                let older_at = self.older.len as u32;
+                let e = self.entries.get_mut(i as usize);
                 let old = Older {
                     version: e.newest,
                     next: e.older,
                 };
                 e.newest = v;
-                e.older = self.older.len() as u32;
+                e.older = older_at;
                 self.older.push(old);
                 i
             }
             None => {
                 let k = key.as_bytes();
-                let i = self.entries.len() as u32;
+                let i = self.entries.len as u32;
+                let key_off = self.arena.push(k);
                 self.entries.push(Entry {
-                    key_off: self.arena.len() as u32,
+                    key_off,
                     key_len: k.len() as u16,
                     newest: v,
                     prior_seqno: prior.map_or(0, |p| p.seqno.0),
                     older: NONE,
                 });
-                self.arena.extend_from_slice(k);
                 let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
                 self.table.insert_unique(h, i, |&j| {
-                    let e = &entries[j as usize];
-                    hasher.hash_one(
-                        &arena[e.key_off as usize..e.key_off as usize + usize::from(e.key_len)],
-                    )
+                    let e = entries.get(j as usize);
+                    hasher.hash_one(arena.get(e.key_off, e.key_len))
                 });
                 i
             }
@@ -384,15 +486,16 @@ impl MemInner {
         }
     }
 
-    /// Estimated bytes held, counted by what is used, so a successor
-    /// sized in advance starts empty (what it reserves is at most what the
-    /// last one used).
+    /// Bytes held: what the chunks reserve, and the hash table's share
+    /// for the keys here (about ten bytes a key at its load factor; what a
+    /// successor reserves in advance is counted as it fills).
     #[must_use]
     pub fn held(&self) -> usize {
-        self.entries.len() * (std::mem::size_of::<Entry>() + 6)
-            + self.arena.len()
-            + self.older.len() * std::mem::size_of::<Older>()
-            + self.by_seqno.len() * std::mem::size_of::<(u64, u32)>()
+        self.entries.bytes()
+            + self.arena.bytes()
+            + self.older.bytes()
+            + self.by_seqno.bytes()
+            + self.entries.len * 10
             + self
                 .locals_changed
                 .iter()
@@ -443,9 +546,11 @@ impl MemInner {
     pub fn seqnos(&self, from: u64, to: u64) -> Vec<(u64, &[u8])> {
         let lo = self.by_seqno.partition_point(|e| e.0 < from);
         let hi = self.by_seqno.partition_point(|e| e.0 <= to).max(lo);
-        self.by_seqno[lo..hi]
-            .iter()
-            .map(|&(s, i)| (s, self.key_of(&self.entries[i as usize])))
+        (lo..hi)
+            .map(|j| {
+                let &(s, i) = self.by_seqno.get(j);
+                (s, self.key_of(self.entries.get(i as usize)))
+            })
             .collect()
     }
 }
