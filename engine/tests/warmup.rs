@@ -235,3 +235,60 @@ fn sigkill_loses_no_persisted_write() {
         acked.len()
     );
 }
+
+#[path = "../../kvstore-couchfile/tests/common/forge.rs"]
+mod forge;
+
+/// A checksum-valid store whose by-key tree holds a cycle (its root lists
+/// itself as its child): the engine reports corruption, as a typed error,
+/// at warmup or on the read; it neither overflows its stack nor spins.
+#[test]
+fn a_cycle_in_the_tree_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path(), couch(), 1);
+        o.engine.create_vbucket(Vbid(0), VbState::Active).unwrap();
+        for i in 0..50 {
+            o.engine
+                .set(
+                    Vbid(0),
+                    &key(&format!("k{i}")),
+                    b"v".to_vec(),
+                    WriteOptions::default(),
+                )
+                .unwrap();
+        }
+        o.engine.flush().unwrap();
+        o.engine.shutdown().unwrap();
+    }
+    // A checkpoint puts the documents in the by-key tree.
+    {
+        let store = kvstore_couchfile::CouchStore::open(dir.path(), Default::default()).unwrap();
+        for (vbid, rev) in kvstore_core::KvStore::discover(&store).unwrap() {
+            store.open_couch(vbid, rev).unwrap().checkpoint().unwrap();
+        }
+    }
+    let store_dir = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    forge::self_referencing_root(&store_dir);
+    let corrupt = |e: &EngineError| {
+        matches!(e, EngineError::Storage(s) if matches!(**s, kvstore_core::StoreError::Corrupt(_)))
+            || matches!(e, EngineError::Warmup(m) if m.contains("before its parent"))
+    };
+    let mut cfg = EngineConfig::new(dir.path());
+    cfg.vbuckets = 16;
+    match Engine::open(cfg) {
+        Err(e) => assert!(corrupt(&e), "{e:?}"),
+        Ok(engine) => {
+            let e = engine.get(Vbid(0), &key("k7")).unwrap_err();
+            assert!(corrupt(&e), "{e:?}");
+            assert!(
+                e.to_string().contains("does not lie before its parent"),
+                "{e}"
+            );
+        }
+    }
+}

@@ -285,7 +285,10 @@ impl Actions {
             }
         }
         let buf = Bytes::from(buf);
-        Actions { buf, spans: spans.0 }
+        Actions {
+            buf,
+            spans: spans.0,
+        }
     }
 
     /// The actions of several trees over one buffer, each list sorted by
@@ -823,9 +826,16 @@ mod tests {
         let mut w = NodeWriter::new(&mut out, Compression::Lz4, node_size, false);
         let mut replaced = Vec::new();
         let actions = Actions::from_list(actions);
-        let root = modify(r, &mut w, TreeKind::Local, root, actions.all(), &mut |k, _| {
-            replaced.push(k.clone());
-        })
+        let root = modify(
+            r,
+            &mut w,
+            TreeKind::Local,
+            root,
+            actions.all(),
+            &mut |k, _| {
+                replaced.push(k.clone());
+            },
+        )
         .unwrap();
         out.flush_to(&r.file).unwrap();
         (root, replaced)

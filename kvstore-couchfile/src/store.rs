@@ -11,8 +11,7 @@ use crate::memtable::{Change, Found, IndexRec, Memtable};
 use crate::node::Compression;
 use crate::wal::{
     RecordBuilder, RecordKind, Segment, WalPtr, WalWriter, check_segment_header, create_segment,
-    decode_item_head, encode_locals, item_count_prefix, parse_segment_name,
-    segment_name,
+    decode_item_head, encode_locals, item_count_prefix, parse_segment_name, segment_name,
 };
 use bytes::Bytes;
 use kvstore_core::batch::prepare;

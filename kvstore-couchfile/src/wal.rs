@@ -322,7 +322,10 @@ fn decode_head(r: &mut Reader<'_>) -> DecodeResult<(DiskKey, DocMeta)> {
 
 /// Decodes an item's key and metadata; when the key is `expect`, that key
 /// is reused rather than parsed and copied again.
-fn decode_head_for(r: &mut Reader<'_>, expect: Option<&DiskKey>) -> DecodeResult<(DiskKey, DocMeta)> {
+fn decode_head_for(
+    r: &mut Reader<'_>,
+    expect: Option<&DiskKey>,
+) -> DecodeResult<(DiskKey, DocMeta)> {
     let raw = r.bytes(kvstore_core::key::MAX_DISK_KEY_LEN, "key length")?;
     let key = match expect {
         Some(k) if k.as_bytes() == raw => k.clone(),
@@ -1300,7 +1303,10 @@ mod tests {
             let span = phys_span(ptr.off, u64::from(ptr.len));
             let mut phys = vec![0u8; span as usize];
             f.read_at(&mut phys, ptr.off).unwrap();
-            assert_eq!(demark(&phys, ptr.off, || f.path().to_path_buf()).unwrap(), bytes.to_vec());
+            assert_eq!(
+                demark(&phys, ptr.off, || f.path().to_path_buf()).unwrap(),
+                bytes.to_vec()
+            );
         }
         assert_eq!(decode_item(&p.items[299].1).unwrap(), docs[299]);
         // A flipped payload byte is a damaged record; zeros are empty.

@@ -2,8 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/forge.rs"]
+mod forge;
 
-use kvstore_core::{KvStore, Vbid};
+use kvstore_core::{KvStore, StoreError, Vbid};
 use kvstore_couchfile::{CouchConfig, CouchStore};
 use std::process::Command;
 
@@ -110,4 +112,39 @@ fn info_and_dump_read_a_real_file() {
     let (ok, _, err) = run(&["info", junk.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("no valid header found"), "{err}");
+}
+
+/// A checksum-valid index whose by-key root lists itself as its child: the
+/// tool and the store report corruption (no stack overflow, no endless
+/// loop).
+#[test]
+fn a_cycle_in_the_tree_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rev = {
+        let store = CouchStore::open(dir.path(), CouchConfig::default()).unwrap();
+        let vb = store.create(Vbid(3)).unwrap();
+        let cvb = store.open_couch(Vbid(3), vb.revision()).unwrap();
+        for b in 0..4 {
+            vb.commit(common::batch(b)).unwrap();
+        }
+        cvb.checkpoint().unwrap();
+        vb.revision()
+    };
+    let store_dir = dir.path().join(format!("3.couch.{}", rev.0));
+    let root = forge::self_referencing_root(&store_dir);
+    let f = store_dir.to_str().unwrap();
+
+    let (ok, out, err) = run(&["dump", f, "--by-key"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("does not lie before its parent"),
+        "a typed corruption report: {err}"
+    );
+
+    let store = CouchStore::open(dir.path(), CouchConfig::default()).unwrap();
+    let vb = store.open(Vbid(3), rev).unwrap();
+    match vb.get(&common::key("b0-0")) {
+        Err(StoreError::Corrupt(c)) => assert_eq!(c.offset, root.offset, "{c:?}"),
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
 }
