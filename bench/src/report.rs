@@ -210,18 +210,20 @@ pub fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "| store | after durablebatch | after durablesingle | after durableupdate |"
+            "| store | after durablebatch | after durablesingle | after durableupdate | then after {} s idle |",
+            r.settings.settle_secs
         );
-        let _ = writeln!(out, "|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|");
         for run in &r.runs {
             let b = |p: &str| bytes(run.disk_after.get(p).copied());
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 run.store,
                 b("durablebatch"),
                 b("durablesingle"),
-                b("durableupdate")
+                b("durableupdate"),
+                b("settled")
             );
         }
     }
@@ -299,13 +301,17 @@ pub fn targets(r: &Report) -> Vec<String> {
     }
     let peers: Vec<&StoreRun> = r.runs.iter().filter(|x| is_peer(&x.store)).collect();
     if let Some(ours) = r.runs.iter().find(|x| x.store == "couchfile") {
-        for phase in ["durablebatch", "durableupdate"] {
+        for phase in ["durablebatch", "durableupdate", "settled"] {
             let smallest = peers
                 .iter()
                 .filter_map(|p| p.disk_after.get(phase).map(|b| (p.store.clone(), *b)))
                 .min_by_key(|x| x.1);
             if let (Some(mine), Some((peer, b))) = (ours.disk_after.get(phase), smallest) {
                 let v = *mine as f64 / b.max(1) as f64;
+                let phase = match phase {
+                    "settled" => format!("durableupdate and {} s idle", r.settings.settle_secs),
+                    p => p.to_string(),
+                };
                 out.push(format!(
                     "couchfile bytes on disk after {phase} <= 1.5x the smallest peer ({peer}): {v:.2}x, {}",
                     if v <= 1.5 { "met" } else { "MISSED" }

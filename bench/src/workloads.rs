@@ -103,6 +103,15 @@ pub struct Settings {
     /// Synced commits of `batch` random updates in durableupdate.
     #[serde(default = "durable_update_commits")]
     pub durable_update_commits: u64,
+    /// Seconds every store is left idle after durableupdate before its
+    /// size is taken once more (its background compaction or reclamation
+    /// running as it would in production).
+    #[serde(default = "settle_secs")]
+    pub settle_secs: u64,
+}
+
+fn settle_secs() -> u64 {
+    5
 }
 
 fn durable_items() -> u64 {
@@ -139,6 +148,7 @@ impl Settings {
             durable_items: durable_items(),
             durable_single: durable_single(),
             durable_update_commits: durable_update_commits(),
+            settle_secs: settle_secs(),
         }
     }
 
@@ -153,6 +163,7 @@ impl Settings {
             repetitions: 1,
             durable_items: 100_000,
             durable_update_commits: 50,
+            settle_secs: 2,
             ..Self::full()
         }
     }
@@ -577,6 +588,11 @@ impl Runner<'_> {
         self.run
             .disk_after
             .insert("durableupdate".into(), st.disk_bytes()?);
+        // The same idle time for every store, then the size once more.
+        std::thread::sleep(std::time::Duration::from_secs(s.settle_secs));
+        self.run
+            .disk_after
+            .insert("settled".into(), st.disk_bytes()?);
         if st.reclaim_activity().is_some() {
             with.sort_unstable();
             without.sort_unstable();
