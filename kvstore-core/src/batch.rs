@@ -3,7 +3,7 @@
 
 use crate::doc::{Document, LocalOp, MAX_LOCAL_NAME_LEN, VBSTATE_LOCAL_NAME};
 use crate::error::{StoreError, StoreResult};
-use crate::store::CommitBatch;
+use crate::store::{CommitBatch, Prior, check_priors};
 use crate::types::{Seqno, Vbid};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -38,11 +38,25 @@ impl PreparedBatch {
 /// key appears twice, its highest-seqno version is kept. Local document names
 /// must be 1 to [`MAX_LOCAL_NAME_LEN`] bytes.
 pub fn prepare(vbid: Vbid, high: Seqno, batch: CommitBatch) -> StoreResult<PreparedBatch> {
+    Ok(prepare_with_priors(vbid, high, batch, Vec::new())?.0)
+}
+
+/// [`prepare`] for [`crate::VbStore::commit_with_priors`]: also checks the
+/// priors ([`check_priors`]) and returns them aligned with the prepared
+/// items (key order, one per kept item), or empty when none were given.
+/// When a key appears more than once, the kept item's prior is returned.
+pub fn prepare_with_priors(
+    vbid: Vbid,
+    high: Seqno,
+    batch: CommitBatch,
+    priors: Vec<Prior>,
+) -> StoreResult<(PreparedBatch, Vec<Prior>)> {
     let CommitBatch {
         items,
         local,
         vbstate,
     } = batch;
+    check_priors(vbid, &items, &priors)?;
 
     let mut seqnos: Vec<Seqno> = items.iter().map(|d| d.meta.seqno).collect();
     seqnos.sort_unstable();
@@ -65,13 +79,22 @@ pub fn prepare(vbid: Vbid, high: Seqno, batch: CommitBatch) -> StoreResult<Prepa
     // Sort by key, newest seqno first within a key, and keep the first of
     // each key: one version per key, the highest seqno winning. (Seqnos are
     // unique, so the order is total.)
-    let mut items = items;
-    items.sort_unstable_by(|a, b| {
+    let newest_first = |a: &Document, b: &Document| {
         a.key
             .cmp(&b.key)
             .then_with(|| b.meta.seqno.cmp(&a.meta.seqno))
-    });
-    items.dedup_by(|later, kept| later.key == kept.key);
+    };
+    let (items, priors) = if priors.is_empty() {
+        let mut items = items;
+        items.sort_unstable_by(newest_first);
+        items.dedup_by(|later, kept| later.key == kept.key);
+        (items, priors)
+    } else {
+        let mut pairs: Vec<(Document, Prior)> = items.into_iter().zip(priors).collect();
+        pairs.sort_unstable_by(|a, b| newest_first(&a.0, &b.0));
+        pairs.dedup_by(|later, kept| later.0.key == kept.0.key);
+        pairs.into_iter().unzip()
+    };
     let max_seqno = seqnos.last().copied();
     let max_deleted_seqno = items
         .iter()
@@ -100,12 +123,13 @@ pub fn prepare(vbid: Vbid, high: Seqno, batch: CommitBatch) -> StoreResult<Prepa
         locals.insert(VBSTATE_LOCAL_NAME.to_owned(), Some(state.encode()));
     }
 
-    Ok(PreparedBatch {
+    let prepared = PreparedBatch {
         items,
         local: locals.into_iter().collect(),
         max_seqno,
         max_deleted_seqno,
-    })
+    };
+    Ok((prepared, priors))
 }
 
 #[cfg(test)]
@@ -143,6 +167,41 @@ mod tests {
             prepare(Vbid(0), Seqno(2), b),
             Err(StoreError::InvalidBatch { .. })
         ));
+    }
+
+    #[test]
+    fn priors_follow_their_items() {
+        let old_a = Document::new(key("a"), Seqno(1), "old");
+        let b = CommitBatch::new()
+            .item(Document::new(key("b"), Seqno(4), "b"))
+            .item(Document::new(key("a"), Seqno(3), "a-older"))
+            .item(Document::new(key("a"), Seqno(5), "a-newer"));
+        let priors = vec![
+            Prior::Absent,
+            Prior::Present(old_a.clone()),
+            Prior::Present(old_a.clone()),
+        ];
+        let (p, priors) = prepare_with_priors(Vbid(0), Seqno(2), b.clone(), priors).unwrap();
+        assert_eq!(p.items.len(), 2);
+        assert_eq!(&p.items[0].value[..], b"a-newer");
+        assert_eq!(priors, [Prior::Present(old_a), Prior::Absent]);
+        let (_, none) = prepare_with_priors(Vbid(0), Seqno(2), b, Vec::new()).unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn rejects_priors_that_cannot_be_right() {
+        let item = || CommitBatch::new().item(Document::new(key("a"), Seqno(5), "a"));
+        for priors in [
+            vec![Prior::Absent, Prior::Absent],
+            vec![Prior::Present(Document::new(key("b"), Seqno(1), "b"))],
+            vec![Prior::Present(Document::new(key("a"), Seqno(5), "a"))],
+        ] {
+            assert!(matches!(
+                prepare_with_priors(Vbid(0), Seqno(2), item(), priors),
+                Err(StoreError::InvalidBatch { .. })
+            ));
+        }
     }
 
     #[test]
