@@ -1,16 +1,31 @@
 //! The stores under test, behind one small trait.
 //!
 //! Our backends run through the `KvStore` contract, one `VbStore` per
-//! vbucket. The peers keep what a vbucket store must keep, the same way:
-//! a by-key index (key → seqno, flags, value) and a by-seqno index
-//! (seqno → key), written in one atomic batch per commit, with the old
-//! seqno entry removed when a key is overwritten (which needs a read of the
-//! old version, as our backends do) and deletes kept as tombstones. Vbuckets
-//! are a 2-byte key prefix in the peers' single database.
+//! vbucket. Each commit passes the prior of every item
+//! (`VbStore::commit_with_priors`): the version the store held before, as
+//! the engine knows it from the read it makes before every write. Here a
+//! map of the documents committed through this handle stands in for the
+//! engine's knowledge (its memory counts in the process's peak RSS); keys it
+//! does not know, in a store that already held data when opened, go as
+//! `Prior::Unknown`.
+//!
+//! Raw RocksDB does what a user who picked RocksDB instead would do: blind
+//! puts of key → (seqno, tombstone flag, value) into one column family, one
+//! atomic batch per commit, with the options kvstore-rocks runs with. It
+//! keeps no by-seqno index, so its seqno scan reads every document under a
+//! snapshot and sorts them by seqno.
+//!
+//! redb and fjall keep what a vbucket store must keep: a by-key index
+//! (key → seqno, flags, value) and a by-seqno index (seqno → key), written
+//! in one atomic batch per commit, with the old seqno entry removed when a
+//! key is overwritten (which needs a read of the old version) and deletes
+//! kept as tombstones.
+//!
+//! Vbuckets are a 2-byte key prefix in the peers' single database.
 
 use kvstore_core::{
-    CollectionId, CommitBatch, CompactionConfig, DiskKey, Document, KeyRange, KvStore, ScanControl,
-    ScanOptions, Seqno, VbStore, Vbid,
+    CollectionId, CommitBatch, CompactionConfig, DiskKey, Document, KeyRange, KvStore, Prior,
+    ScanControl, ScanOptions, Seqno, VbStore, Vbid,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -180,12 +195,20 @@ struct OurStore {
     _kv: Arc<dyn KvStore>,
     dir: PathBuf,
     vbs: HashMap<u16, Arc<dyn VbStore>>,
+    /// The newest document committed through this handle, per vbucket and
+    /// key: the priors of later commits (see the module docs).
+    known: HashMap<u16, HashMap<DiskKey, Document>>,
+    /// True when the store held nothing when opened, so a key missing from
+    /// `known` is absent from the store too.
+    complete: bool,
 }
 
 impl OurStore {
     fn open(kv: Arc<dyn KvStore>, dir: &Path, vbuckets: u16) -> Result<Self> {
         let mut vbs = HashMap::new();
-        for (vbid, rev) in kv.discover().map_err(err("discover"))? {
+        let found = kv.discover().map_err(err("discover"))?;
+        let complete = found.is_empty();
+        for (vbid, rev) in found {
             vbs.insert(vbid.0, kv.open(vbid, rev).map_err(err("open"))?);
         }
         for v in 0..vbuckets {
@@ -197,6 +220,8 @@ impl OurStore {
             _kv: kv,
             dir: dir.to_path_buf(),
             vbs,
+            known: HashMap::new(),
+            complete,
         })
     }
 
@@ -211,17 +236,46 @@ fn disk_key(key: &[u8]) -> Result<DiskKey> {
 
 impl BenchStore for OurStore {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
+        let store = Arc::clone(self.vb(vb)?);
+        let known = self.known.entry(vb).or_default();
         let mut batch = CommitBatch::new();
+        let mut priors = Vec::with_capacity(items.len());
         for it in items {
             let key = disk_key(&it.key)?;
+            priors.push(match known.get(&key) {
+                Some(d) => Prior::Present(d.clone()),
+                None if self.complete => Prior::Absent,
+                None => Prior::Unknown,
+            });
             batch = batch.item(if it.deleted {
                 Document::tombstone(key, Seqno(it.seqno), 1)
             } else {
                 Document::new(key, Seqno(it.seqno), it.value.clone())
             });
         }
-        self.vb(vb)?.commit(batch).map_err(err("commit"))?;
-        Ok(())
+        // What the batch leaves, as its highest-seqno version of each key.
+        let newest: Vec<Document> = {
+            let mut v: Vec<&Document> = batch.items.iter().collect();
+            v.sort_by_key(|d| d.meta.seqno);
+            v.into_iter().cloned().collect()
+        };
+        match store.commit_with_priors(batch, priors) {
+            Ok(_) => {
+                for d in newest {
+                    known.insert(d.key.clone(), d);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The commit may or may not be on disk: forget what it
+                // touched, so later commits pass `Unknown` for those keys.
+                self.complete = false;
+                for d in &newest {
+                    known.remove(&d.key);
+                }
+                Err(format!("commit: {e}"))
+            }
+        }
     }
 
     fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -313,7 +367,8 @@ fn pseq(vb: u16, seqno: u64) -> [u8; 10] {
     k
 }
 
-/// Raw rocksdb, configured as kvstore-rocks configures it by default.
+/// Raw rocksdb, configured as kvstore-rocks configures it by default,
+/// doing blind puts (see the module docs).
 struct RawRocks {
     db: rocksdb::DB,
     dir: PathBuf,
@@ -327,10 +382,10 @@ impl RawRocks {
         // differ only in what they do per operation.
         let tuning = kvstore_rocks::Tuning::new(&kvstore_rocks::RocksConfig::default());
         let opts = tuning.db_options();
-        let cfs = vec![
-            rocksdb::ColumnFamilyDescriptor::new("data", tuning.by_key_options()),
-            rocksdb::ColumnFamilyDescriptor::new("seq", tuning.by_seqno_options()),
-        ];
+        let cfs = vec![rocksdb::ColumnFamilyDescriptor::new(
+            "data",
+            tuning.by_key_options(),
+        )];
         let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(err("rocksdb open"))?;
         Ok(RawRocks {
             db,
@@ -348,18 +403,10 @@ impl RawRocks {
 
 impl BenchStore for RawRocks {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
-        let (data, seq) = (self.cf("data")?, self.cf("seq")?);
+        let data = self.cf("data")?;
         let mut batch = rocksdb::WriteBatch::default();
-        // The current versions of every key in one multi-get, so the old
-        // by-seqno entries can be deleted.
-        let keys: Vec<Vec<u8>> = items.iter().map(|it| pkey(vb, &it.key)).collect();
-        let olds = self.db.batched_multi_get_cf(data, &keys, false);
-        for ((it, k), old) in items.iter().zip(&keys).zip(olds) {
-            if let Some(old) = old.map_err(err("rocksdb multi-get"))? {
-                batch.delete_cf(seq, pseq(vb, peer_decode(&old)?.0));
-            }
-            batch.put_cf(data, k, peer_value(it));
-            batch.put_cf(seq, pseq(vb, it.seqno), &it.key);
+        for it in items {
+            batch.put_cf(data, pkey(vb, &it.key), peer_value(it));
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(self.sync);
@@ -401,55 +448,36 @@ impl BenchStore for RawRocks {
     }
 
     fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64> {
-        let (seq, data) = (self.cf("seq")?, self.cf("data")?);
-        // One snapshot for both indexes, as a backfill needs.
+        // No by-seqno index: every document of the vbucket under one
+        // snapshot, sorted by seqno.
+        let data = self.cf("data")?;
         let snap = self.db.snapshot();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_range(rocksdb::PrefixRange(vb.to_be_bytes().to_vec()));
-        ro.set_snapshot(&snap);
-        let mut it = self.db.raw_iterator_cf_opt(seq, ro);
-        it.seek(pseq(vb, from));
-        let mut n = 0;
-        let mut pending: Vec<(u64, Vec<u8>)> = Vec::with_capacity(128);
-        let mut flush = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<()> {
-            let mut ro = rocksdb::ReadOptions::default();
-            ro.set_snapshot(&snap);
-            let keys: Vec<Vec<u8>> = pending.iter().map(|(_, k)| pkey(vb, k)).collect();
-            let vals = self.db.batched_multi_get_cf_opt(data, &keys, true, &ro);
-            for ((s, k), v) in pending.drain(..).zip(vals) {
-                let v = v.map_err(err("rocksdb multi-get"))?;
-                let v = v.ok_or_else(|| "seqno index points at a missing key".to_string())?;
-                let (_, _, value) = peer_decode(&v)?;
-                f(s, &k, value);
-            }
-            Ok(())
-        };
-        while let Some(k) = it.key() {
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&k[2..10]);
-            pending.push((
-                u64::from_be_bytes(s),
-                it.value().unwrap_or_default().to_vec(),
-            ));
-            n += 1;
-            if pending.len() == 128 {
-                flush(&mut pending)?;
+        let mut it = snap.raw_iterator_cf_opt(data, ro);
+        it.seek_to_first();
+        let mut docs: Vec<(u64, Vec<u8>, Vec<u8>)> = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (seqno, _, value) = peer_decode(v)?;
+            if seqno >= from {
+                docs.push((seqno, k[2..].to_vec(), value.to_vec()));
             }
             it.next();
         }
-        flush(&mut pending)?;
         it.status().map_err(err("rocksdb iterate"))?;
-        Ok(n)
+        docs.sort_unstable_by_key(|d| d.0);
+        for (s, k, v) in &docs {
+            f(*s, k, v);
+        }
+        Ok(docs.len() as u64)
     }
 
     fn compact(&mut self) -> Result<()> {
         let mut co = rocksdb::CompactOptions::default();
         co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in ["data", "seq"] {
-            let cf = self.cf(name)?;
-            self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
-        }
+        let cf = self.cf("data")?;
+        self.db
+            .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
         Ok(())
     }
 
