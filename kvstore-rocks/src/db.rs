@@ -61,7 +61,7 @@ pub(crate) fn cf(db: &DB, which: Cf) -> StoreResult<&ColumnFamily> {
 
 /// The on-disk layout version, kept in the `default` family.
 const FORMAT_KEY: &[u8] = b"kvstore-rocks/format";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// What every store handle of one instance shares.
 pub(crate) struct Shared {
