@@ -195,12 +195,134 @@ struct OurStore {
     _kv: Arc<dyn KvStore>,
     dir: PathBuf,
     vbs: HashMap<u16, Arc<dyn VbStore>>,
-    /// The newest document committed through this handle, per vbucket and
+    /// The newest version committed through this handle, per vbucket and
     /// key: the priors of later commits (see the module docs).
-    known: HashMap<u16, HashMap<DiskKey, Document>>,
+    known: HashMap<u16, Known>,
     /// True when the store held nothing when opened, so a key missing from
     /// `known` is absent from the store too.
     complete: bool,
+}
+
+/// What `OurStore` remembers of one vbucket's keys: the newest version of
+/// each, as the documents it builds (`Document::new`, or a tombstone
+/// deleted at 1) need it. Kept lean, since its upkeep is timed with the
+/// commits it serves: the keys live in one arena, the index maps a 64-bit
+/// hash of a key to its slot, and the values are the commits' own buffers.
+/// Two keys with one hash (never seen in practice) both go as
+/// `Prior::Unknown` from then on.
+#[derive(Default)]
+struct Known {
+    index: HashMap<u64, u32, std::hash::BuildHasherDefault<Prehashed>>,
+    keys: Vec<u8>,
+    slots: Vec<Version>,
+    collided: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
+}
+
+/// The newest version of a key.
+struct Version {
+    key_at: usize,
+    key_len: usize,
+    seqno: u64,
+    deleted: bool,
+    value: bytes::Bytes,
+}
+
+impl Version {
+    /// The document this version is, under `key`.
+    fn doc(&self, key: &DiskKey) -> Document {
+        if self.deleted {
+            Document::tombstone(key.clone(), Seqno(self.seqno), 1)
+        } else {
+            Document::new(key.clone(), Seqno(self.seqno), self.value.clone())
+        }
+    }
+}
+
+/// A hash of a short key, eight bytes at a time (the std hasher is built to
+/// resist hash flooding, which a benchmark does not need).
+fn key_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    h ^ (h >> 32)
+}
+
+/// The identity hash of a key that is already a hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Known {
+    /// The newest version of `key` (hash `h`), if known.
+    fn get(&self, h: u64, key: &[u8]) -> Option<&Version> {
+        if self.ambiguous(h) {
+            return None;
+        }
+        let v = &self.slots[*self.index.get(&h)? as usize];
+        (self.keys.get(v.key_at..v.key_at + v.key_len) == Some(key)).then_some(v)
+    }
+
+    /// True when `h` is the hash of two keys, which are then unknown.
+    fn ambiguous(&self, h: u64) -> bool {
+        self.collided.contains(&h)
+    }
+
+    /// Records the newest version of `key` (hash `h`).
+    fn put(&mut self, h: u64, key: &[u8], seqno: u64, deleted: bool, value: bytes::Bytes) {
+        match self.index.get(&h).map(|&i| i as usize) {
+            Some(i) => {
+                let v = &mut self.slots[i];
+                if self.keys.get(v.key_at..v.key_at + v.key_len) == Some(key) {
+                    (v.seqno, v.deleted, v.value) = (seqno, deleted, value);
+                } else {
+                    self.collided.insert(h);
+                }
+            }
+            None => {
+                let Ok(slot) = u32::try_from(self.slots.len()) else {
+                    self.collided.insert(h);
+                    return;
+                };
+                self.slots.push(Version {
+                    key_at: self.keys.len(),
+                    key_len: key.len(),
+                    seqno,
+                    deleted,
+                    value,
+                });
+                self.keys.extend_from_slice(key);
+                self.index.insert(h, slot);
+            }
+        }
+    }
+
+    /// Forgets `key` (hash `h`): its prior is unknown from now on.
+    fn forget(&mut self, h: u64) {
+        self.collided.insert(h);
+    }
 }
 
 impl OurStore {
@@ -237,45 +359,52 @@ fn disk_key(key: &[u8]) -> Result<DiskKey> {
 impl BenchStore for OurStore {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
         let store = Arc::clone(self.vb(vb)?);
+        let complete = self.complete;
         let known = self.known.entry(vb).or_default();
-        let mut batch = CommitBatch::new();
+        let mut batch = CommitBatch {
+            items: Vec::with_capacity(items.len()),
+            ..CommitBatch::default()
+        };
         let mut priors = Vec::with_capacity(items.len());
+        let mut values = Vec::with_capacity(items.len());
+        let mut hashes = Vec::with_capacity(items.len());
         for it in items {
             let key = disk_key(&it.key)?;
-            priors.push(match known.get(&key) {
-                Some(d) => Prior::Present(d.clone()),
-                None if self.complete => Prior::Absent,
+            let h = key_hash(&it.key);
+            let value = bytes::Bytes::from(it.value.clone());
+            priors.push(match known.get(h, &it.key) {
+                Some(v) => Prior::Present(v.doc(&key)),
+                None if complete && !known.ambiguous(h) => Prior::Absent,
                 None => Prior::Unknown,
             });
-            batch = batch.item(if it.deleted {
+            batch.items.push(if it.deleted {
                 Document::tombstone(key, Seqno(it.seqno), 1)
             } else {
-                Document::new(key, Seqno(it.seqno), it.value.clone())
+                Document::new(key, Seqno(it.seqno), value.clone())
             });
+            values.push(value);
+            hashes.push(h);
         }
-        // What the batch leaves, as its highest-seqno version of each key.
-        let newest: Vec<Document> = {
-            let mut v: Vec<&Document> = batch.items.iter().collect();
-            v.sort_by_key(|d| d.meta.seqno);
-            v.into_iter().cloned().collect()
-        };
-        match store.commit_with_priors(batch, priors) {
-            Ok(_) => {
-                for d in newest {
-                    known.insert(d.key.clone(), d);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // The commit may or may not be on disk: forget what it
-                // touched, so later commits pass `Unknown` for those keys.
-                self.complete = false;
-                for d in &newest {
-                    known.remove(&d.key);
-                }
-                Err(format!("commit: {e}"))
-            }
+        // A key twice in one batch: both occurrences carry the stored
+        // version's prior, and the later (higher-seqno) version is the one
+        // remembered.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        if !items.windows(2).all(|w| w[0].seqno < w[1].seqno) {
+            order.sort_by_key(|&i| items[i].seqno);
         }
+        if let Err(e) = store.commit_with_priors(batch, priors) {
+            // The commit may or may not be on disk: forget what it touched,
+            // so later commits pass `Unknown` for those keys.
+            for &h in &hashes {
+                known.forget(h);
+            }
+            return Err(format!("commit: {e}"));
+        }
+        for i in order {
+            let it = &items[i];
+            known.put(hashes[i], &it.key, it.seqno, it.deleted, values[i].clone());
+        }
+        Ok(())
     }
 
     fn get(&mut self, vb: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {

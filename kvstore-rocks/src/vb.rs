@@ -10,7 +10,7 @@ use crate::db::{Cf, Shared, cf};
 use crate::error::{backend, corrupt};
 use crate::scan::RocksScan;
 use bytes::Bytes;
-use kvstore_core::batch::prepare_with_priors;
+use kvstore_core::batch::prepare_by_seqno;
 use kvstore_core::store::check_priors;
 use kvstore_core::{
     CommitBatch, CommitInfo, CompactionConfig, CompactionResult, DiskKey, Document, KeyRange,
@@ -290,17 +290,16 @@ impl VbStore for RocksVb {
                 bytes_written: 0,
             });
         }
-        let (prepared, priors) = prepare_with_priors(self.vbid, Seqno(before.high), batch, priors)?;
+        let (prepared, priors) = prepare_by_seqno(self.vbid, Seqno(before.high), batch, priors)?;
         let db = &*self.shared.db;
         let (bykey, byseqno) = (cf(db, Cf::ByKey)?, cf(db, Cf::BySeqno)?);
         let mut header = before;
         let mut undo = (self.shared.window > 0).then(|| UndoBuilder::new(&before));
         let mut wb = WriteBatch::default();
 
-        // Items are sorted by key, and so are their prefixed keys. Only the
-        // items whose prior is unknown are read, in one multi-get: the
-        // previous version is what the counts take out and what the undo
-        // record keeps.
+        // Items come in seqno order. Only the items whose prior is unknown
+        // are read, in one multi-get: the previous version is what the
+        // counts take out and what the undo record keeps.
         let keys = KeyBuf::new(
             &self.prefix,
             prepared.items.iter().map(|d| d.key.as_bytes()),
@@ -310,7 +309,7 @@ impl VbStore for RocksVb {
         let mut looked_up = if lookups.is_empty() {
             Vec::new()
         } else {
-            db.batched_multi_get_cf(bykey, lookups.iter().map(|&i| keys.get(i)), true)
+            db.batched_multi_get_cf(bykey, lookups.iter().map(|&i| keys.get(i)), false)
         }
         .into_iter();
         let mut value = Vec::with_capacity(256);
@@ -330,11 +329,11 @@ impl VbStore for RocksVb {
                         None => None,
                     };
                     if let Some(old) = old {
-                        let (meta, _) =
+                        let (meta, old_value) =
                             decode_meta(&old).map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
                         header.account(
                             meta.deleted.is_some(),
-                            body_size(doc.key.len(), old.len()),
+                            body_size(doc.key.len(), old_value),
                             false,
                         );
                         if let Some(u) = undo.as_mut() {
@@ -352,9 +351,8 @@ impl VbStore for RocksVb {
         // The by-seqno index: one record per commit (per SEQ_RECORD_MAX
         // items). The entries of overwritten versions stay where they are;
         // scans skip them (see the crate docs).
-        let by_seqno = prepared.items_by_seqno();
-        let mut record = SeqRecordBuilder::new(by_seqno.len().min(SEQ_RECORD_MAX));
-        for d in by_seqno {
+        let mut record = SeqRecordBuilder::new(prepared.items.len().min(SEQ_RECORD_MAX));
+        for d in &prepared.items {
             record.push(d.meta.seqno.0, d.key.as_bytes(), d.is_deleted());
             if record.len() == SEQ_RECORD_MAX {
                 wb.put_cf(byseqno, num_key(&self.prefix, record.last()), record.take());
@@ -595,37 +593,30 @@ impl VbStore for RocksVb {
             // commit that had no earlier version to restore.
             let restored = match restored {
                 Some(raw) => {
-                    let (meta, _) =
+                    let (meta, value) =
                         decode_meta(raw).map_err(|m| self.corrupt(Cf::ByKey, raw_key, m))?;
-                    (meta.seqno.0 <= target).then_some((raw, meta))
+                    let body = body_size(key.len(), value);
+                    (meta.seqno.0 <= target).then_some((raw, meta, body))
                 }
                 None => None,
             };
-            if cur == restored.map(|(raw, _)| raw) {
+            if cur == restored.map(|(raw, _, _)| raw) {
                 continue;
             }
             discarded.push(key.clone());
             if let Some(cur) = cur {
-                let (meta, _) =
+                let (meta, value) =
                     decode_meta(cur).map_err(|m| self.corrupt(Cf::ByKey, raw_key, m))?;
-                counts.account(
-                    meta.deleted.is_some(),
-                    body_size(key.len(), cur.len()),
-                    false,
-                );
+                counts.account(meta.deleted.is_some(), body_size(key.len(), value), false);
             }
             // A restored version's by-seqno entry is still in its record
             // (entries of overwritten versions are only removed by a
             // compaction, which also ends the history), so restoring the
             // document makes the entry current again.
             match restored {
-                Some((raw, meta)) => {
+                Some((raw, meta, body)) => {
                     wb.put_cf(bykey, raw_key, raw);
-                    counts.account(
-                        meta.deleted.is_some(),
-                        body_size(key.len(), raw.len()),
-                        true,
-                    );
+                    counts.account(meta.deleted.is_some(), body, true);
                 }
                 None => wb.delete_cf(bykey, raw_key),
             }
@@ -815,8 +806,13 @@ impl VbStore for RocksVb {
             let Some(cur) = cur.map_err(backend)? else {
                 continue;
             };
-            let doc = decode_doc(cand.key.clone(), &cur, false)
-                .map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
+            let (meta, value) = decode_meta(&cur).map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
+            let body = body_size(cand.key.len(), value);
+            let doc = Document {
+                key: cand.key.clone(),
+                meta,
+                value: Bytes::new(),
+            };
             if doc.meta.seqno != cand.seqno {
                 continue;
             }
@@ -829,7 +825,7 @@ impl VbStore for RocksVb {
                 continue;
             }
             wb.delete_cf(bykey, key);
-            header.account(doc.is_deleted(), body_size(doc.key.len(), cur.len()), false);
+            header.account(doc.is_deleted(), body, false);
         }
         // A rollback since the snapshot may have made stale entries current
         // again; they wait for the next compaction then.
