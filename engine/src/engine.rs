@@ -97,6 +97,8 @@ pub struct VbStats {
     pub vbid: Vbid,
     /// Its state.
     pub state: VbState,
+    /// Its current failover uuid (the branch its seqnos belong to).
+    pub vbucket_uuid: u64,
     /// The highest seqno handed out.
     pub high_seqno: Seqno,
     /// The highest seqno persisted.
@@ -1201,6 +1203,7 @@ impl Engine {
         VbStats {
             vbid: vb.vbid(),
             state: d.state,
+            vbucket_uuid: d.uuid(),
             high_seqno: Seqno(d.high_seqno),
             persisted_seqno: vb.persisted_seqno(),
             items: d.live_items,
