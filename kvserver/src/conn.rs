@@ -1292,6 +1292,19 @@ impl Conn {
                     );
                 }
             }
+            "key" => {
+                // `key <key> <vbid>`: one document's metadata (default
+                // collection), as Couchbase's key stats.
+                let b = self.bucket.as_ref()?;
+                let (k, vb) = arg.rsplit_once(' ')?;
+                let vbid = Vbid(vb.parse().ok()?);
+                let key = DiskKey::new(CollectionId::DEFAULT, k.as_bytes()).ok()?;
+                let item = b.engine.get(vbid, &key).ok()?;
+                push("key_exptime", item.meta.expiry.to_string());
+                push("key_flags", item.meta.flags.to_string());
+                push("key_cas", item.meta.cas.0.to_string());
+                push("key_vb_state", "active".to_owned());
+            }
             "settings" => {
                 let l = &self.shared.cfg.limits;
                 push("maxconns", l.max_connections.to_string());
