@@ -270,7 +270,10 @@ impl Conn {
                         return Ok(false);
                     }
                 }
-                () = self.notify.notified() => return Ok(true),
+                () = self.notify.notified() => {
+                    tracing::debug!(cookie = self.id, "parked request notified");
+                    return Ok(true);
+                }
                 _ = shutdown.changed(), if grace.is_none() => {
                     grace = Some(Instant::now() + SHUTDOWN_GRACE);
                 }
@@ -285,9 +288,22 @@ impl Conn {
     /// Handles a parked request again, which collects its result.
     fn redo(&mut self, req: Request) {
         match self.binary(req) {
-            Flow::Blocked(_) => {
+            Flow::Blocked(req) => {
                 // Woken but not complete: cannot happen with one parking
                 // per cookie; fail rather than loop.
+                tracing::warn!(
+                    cookie = self.id,
+                    "woken, but the parked request is not complete"
+                );
+                self.respond(
+                    &req,
+                    status::ETMPFAIL,
+                    0,
+                    0,
+                    &[],
+                    &[],
+                    b"parked request not complete",
+                );
             }
             Flow::Continue | Flow::Close => {}
         }
