@@ -79,6 +79,9 @@ struct Conn {
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let notify = shared.notifier.register(id);
+    // Replies go out at once (as memcached and kv_engine do); the
+    // TCPNODELAY feature is agreed for clients that ask.
+    let _ = stream.set_nodelay(true);
     let local_host = stream
         .local_addr()
         .map(|a| a.ip().to_string())
@@ -206,9 +209,6 @@ impl Conn {
             if !self.out.is_empty() {
                 wr.write_all(&self.out).await?;
                 self.out.clear();
-                if self.features.tcp_nodelay {
-                    let _ = wr.as_ref().set_nodelay(true);
-                }
                 continue;
             }
             if *shutdown.borrow() {

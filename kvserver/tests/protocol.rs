@@ -355,3 +355,40 @@ fn safe_by_default() {
     drop(extra);
     assert!(server.stop());
 }
+
+/// SIGTERM and SIGINT: what was acknowledged (without durability) is on
+/// disk after a graceful stop, and nothing new is accepted.
+#[test]
+fn graceful_shutdown_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(&dir.path().join("data"), None, &[]);
+    for (round, sig) in ["TERM", "INT"].into_iter().enumerate() {
+        let mut c = Client::connect(server.addr()).unwrap();
+        for i in 0..500 {
+            let k = format!("r{round}-{i}");
+            let r = c
+                .request(opcode::SET, 0, 0, &set_extras(), k.as_bytes(), b"v")
+                .unwrap();
+            assert_eq!(r.status, status::SUCCESS);
+        }
+        drop(c);
+        let port = server.port;
+        assert!(server.stop_with(sig), "SIGTERM/SIGINT: not a clean exit");
+        assert!(
+            Client::connect(("127.0.0.1", port)).is_err(),
+            "still accepting after {sig}"
+        );
+        server.restart();
+        let mut c = Client::connect(server.addr()).unwrap();
+        for r in 0..=round {
+            for i in 0..500 {
+                let k = format!("r{r}-{i}");
+                let got = c
+                    .request(opcode::GET, 0, 0, &[], k.as_bytes(), &[])
+                    .unwrap();
+                assert_eq!(got.status, status::SUCCESS, "{k} lost by a graceful {sig}");
+            }
+        }
+    }
+    assert!(server.stop());
+}

@@ -182,8 +182,13 @@ impl TestServer {
 
     /// SIGTERM; returns whether the server exited cleanly.
     pub fn stop(&mut self) -> bool {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `sig` (TERM or INT); returns whether the server exited cleanly.
+    pub fn stop_with(&mut self, sig: &str) -> bool {
         let pid = self.child.id() as i32;
-        let r = signal(pid, "TERM");
+        let r = signal(pid, sig);
         assert_eq!(r, 0, "SIGTERM failed");
         self.child.wait().unwrap().success()
     }
