@@ -33,7 +33,7 @@ from couchbase.options import (
 )
 
 port, user, password, scope_name, coll_name = sys.argv[1:6]
-timeouts = ClusterTimeoutOptions(kv_timeout=timedelta(seconds=10),
+timeouts = ClusterTimeoutOptions(kv_timeout=timedelta(seconds=30), kv_durable_timeout=timedelta(seconds=30),
                                  connect_timeout=timedelta(seconds=20))
 opts = ClusterOptions(PasswordAuthenticator(user, password), timeout_options=timeouts)
 cluster = Cluster(f"couchbase://127.0.0.1:{port}", opts)
