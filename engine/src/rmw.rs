@@ -31,7 +31,6 @@ use crate::engine::Shared;
 use crate::engine::{Engine, Item, Step, Via};
 use crate::error::{EngineError, EngineResult};
 use crate::sync::Arc;
-use crate::sync::lock;
 use crate::vbucket::item_bytes;
 use crate::{CookieCalls, WriteOptions};
 use bytes::{Bytes, BytesMut};
@@ -105,7 +104,9 @@ fn parse_counter(v: &[u8]) -> Option<u64> {
 impl Engine {
     /// The shared body of every read-modify-write: the live version of
     /// `key` (or `None`) goes to `f`, whose result is queued as the new
-    /// version. `cas` (when not 0) must match the live version.
+    /// version (its metadata as written goes to `written`). `cas` (when
+    /// not 0) must match the live version.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn rmw_via(
         &self,
         via: &Via,
@@ -113,6 +114,7 @@ impl Engine {
         key: &DiskKey,
         cas: Cas,
         durable: bool,
+        written: &mut Option<DocMeta>,
         f: impl FnOnce(Option<&Document>) -> EngineResult<Rewrite>,
     ) -> EngineResult<Step<MutationResult>> {
         if durable
@@ -167,6 +169,7 @@ impl Engine {
             vbucket_uuid: d.uuid(),
         };
         let new_bytes = doc.body_size() as i64;
+        *written = Some(doc.meta);
         self.put_dirty(&mut d, doc, false);
         if !was_live {
             d.live_items += 1;
@@ -190,34 +193,42 @@ impl Engine {
     ) -> EngineResult<Counter> {
         let mut value = 0;
         let absolute = self.absolute_expiry(opts.expiry);
-        let step = self.rmw_via(via, vbid, key, opts.cas, false, |live| match live {
-            None => {
-                let initial = opts.initial.ok_or(EngineError::KeyNotFound)?;
-                value = initial;
-                Ok(Rewrite {
-                    value: Bytes::from(initial.to_string()),
-                    flags: 0,
-                    expiry: absolute,
-                    datatype: Datatype(Datatype::JSON),
-                })
-            }
-            Some(doc) => {
-                if doc.meta.datatype.has(Datatype::SNAPPY) {
-                    return Err(EngineError::DeltaBadValue);
+        let step = self.rmw_via(
+            via,
+            vbid,
+            key,
+            opts.cas,
+            false,
+            &mut None,
+            |live| match live {
+                None => {
+                    let initial = opts.initial.ok_or(EngineError::KeyNotFound)?;
+                    value = initial;
+                    Ok(Rewrite {
+                        value: Bytes::from(initial.to_string()),
+                        flags: 0,
+                        expiry: absolute,
+                        datatype: Datatype(Datatype::JSON),
+                    })
                 }
-                let current = parse_counter(&doc.value).ok_or(EngineError::DeltaBadValue)?;
-                value = match op {
-                    ArithOp::Increment => current.wrapping_add(opts.delta),
-                    ArithOp::Decrement => current.saturating_sub(opts.delta),
-                };
-                Ok(Rewrite {
-                    value: Bytes::from(value.to_string()),
-                    flags: doc.meta.flags,
-                    expiry: doc.meta.expiry,
-                    datatype: Datatype(doc.meta.datatype.0 | Datatype::JSON),
-                })
-            }
-        })?;
+                Some(doc) => {
+                    if doc.meta.datatype.has(Datatype::SNAPPY) {
+                        return Err(EngineError::DeltaBadValue);
+                    }
+                    let current = parse_counter(&doc.value).ok_or(EngineError::DeltaBadValue)?;
+                    value = match op {
+                        ArithOp::Increment => current.wrapping_add(opts.delta),
+                        ArithOp::Decrement => current.saturating_sub(opts.delta),
+                    };
+                    Ok(Rewrite {
+                        value: Bytes::from(value.to_string()),
+                        flags: doc.meta.flags,
+                        expiry: doc.meta.expiry,
+                        datatype: Datatype(doc.meta.datatype.0 | Datatype::JSON),
+                    })
+                }
+            },
+        )?;
         match step {
             Step::Done(mutation) => Ok(Counter { value, mutation }),
             Step::Parked => Err(EngineError::WouldBlock),
@@ -251,7 +262,7 @@ impl Engine {
         opts: WriteOptions,
     ) -> EngineResult<Step<MutationResult>> {
         let max = self.shared.config.max_value_size;
-        self.rmw_via(via, vbid, key, opts.cas, opts.durable, |live| {
+        self.rmw_via(via, vbid, key, opts.cas, opts.durable, &mut None, |live| {
             let doc = live.ok_or(EngineError::NotStored)?;
             if doc.meta.datatype.has(Datatype::SNAPPY) {
                 return Err(EngineError::InvalidArguments(
@@ -333,10 +344,11 @@ impl Engine {
         expiry: u32,
     ) -> EngineResult<(MutationResult, Item)> {
         let absolute = self.absolute_expiry(expiry);
-        let mut item = None;
-        let step = self.rmw_via(via, vbid, key, Cas(0), false, |live| {
+        let mut value = None;
+        let mut written = None;
+        let step = self.rmw_via(via, vbid, key, Cas(0), false, &mut written, |live| {
             let doc = live.ok_or(EngineError::KeyNotFound)?;
-            item = Some((doc.value.clone(), doc.meta));
+            value = Some(doc.value.clone());
             Ok(Rewrite {
                 value: doc.value.clone(),
                 flags: doc.meta.flags,
@@ -347,15 +359,9 @@ impl Engine {
         let Step::Done(m) = step else {
             return Err(EngineError::WouldBlock);
         };
-        let (value, mut meta) = item.ok_or(EngineError::KeyNotFound)?;
-        // What was written: the expiry after the collection's cap.
-        let vb = self.active(vbid)?;
-        meta.expiry = lock(&vb.data)
-            .memory(key)
-            .filter(|d| d.meta.seqno == m.seqno)
-            .map_or(absolute, |d| d.meta.expiry);
-        meta.cas = m.cas;
-        meta.seqno = m.seqno;
+        let (Some(value), Some(meta)) = (value, written) else {
+            return Err(EngineError::KeyNotFound);
+        };
         Ok((
             m,
             Item {
