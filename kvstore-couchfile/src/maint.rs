@@ -887,9 +887,11 @@ fn for_each_current(
     {
         let inner = m.read();
         for (k, kv) in inner.range(b"", None) {
-            let found = match kv.last().change {
-                Change::Put(r) => Found::Rec(r),
-                Change::Purge => Found::Purged,
+            // As of the view's commit (see `CouchVb::get_impl`).
+            let found = match kv.at(v.commit).map(|x| x.change) {
+                Some(Change::Put(r)) => Found::Rec(r),
+                Some(Change::Purge) => Found::Purged,
+                None => continue,
             };
             mem.entry(crate::store::mem_key(k)?).or_insert(found);
         }
@@ -1355,23 +1357,23 @@ impl CouchVb {
         }
         let next = {
             let w = lock(&self.writer);
-            (w.spare.is_none() && w.wal.pos > w.wal.segment_bytes / 4 * 3).then(|| w.wal.seg.no + 1)
+            (w.wal.pos > w.wal.segment_bytes / 4 * 3).then(|| w.wal.seg.no + 1)
         };
         if let Some(no) = next {
-            let seg = crate::wal::create_segment(
-                &self.shared.fds,
-                &self.dir,
-                self.vbid,
-                self.revision,
-                no,
-            )?;
-            let mut w = lock(&self.writer);
-            if w.spare.is_none() && w.wal.seg.no + 1 == no {
-                w.spare = Some(seg);
-            } else {
-                seg.slot.remove_on_drop();
+            // The writer's lock is not held here: a writer that starts the
+            // next segment meanwhile waits on this lock for the creation
+            // and takes the result.
+            let mut spare = lock(&self.spare);
+            if spare.is_none() && self.head_seg.load(Ordering::Acquire) + 1 == no {
+                *spare = Some(crate::wal::create_segment(
+                    &self.shared.fds,
+                    &self.dir,
+                    self.vbid,
+                    self.revision,
+                    no,
+                )?);
+                return Ok(true);
             }
-            return Ok(true);
         }
         Ok(false)
     }

@@ -23,7 +23,7 @@ use kvstore_core::{
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -860,7 +860,11 @@ impl VbView {
         self.index.lookup(key)
     }
 
-    /// The current version of `key`.
+    /// The newest version of `key` in the memtables, applied or still
+    /// being applied. Only a caller holding the writer lock (so that no
+    /// commit is in progress, and this view is the newest) may read the
+    /// document it points at; readers use [`VbView::lookup_at`] with the
+    /// view's commit.
     pub(crate) fn lookup(&self, key: &DiskKey) -> StoreResult<Option<IndexRec>> {
         self.lookup_at(key, u64::MAX)
     }
@@ -971,9 +975,6 @@ pub(crate) struct Writer {
     pub(crate) segs: BTreeMap<u32, SegmentStat>,
     /// Log bytes written since the last checkpoint froze the memtable.
     pub(crate) since_checkpoint: u64,
-    /// The next segment, created ahead of time by maintenance so a commit
-    /// that fills the current one does not wait for a file creation.
-    pub(crate) spare: Option<Arc<Segment>>,
 }
 
 impl Writer {
@@ -1080,6 +1081,15 @@ pub struct CouchVb {
     pub(crate) installed: Condvar,
     pub(crate) installed_lock: Mutex<u64>,
     pub(crate) not_before: Mutex<Option<Instant>>,
+    /// The next log segment, created ahead of time by maintenance so that
+    /// a commit that fills the current one does not wait for a file
+    /// creation. Its lock is held while a segment file is being created
+    /// (by maintenance or by the writer), so no two creations of one
+    /// segment number ever race; lock order: `writer`, then `spare`.
+    pub(crate) spare: Mutex<Option<Arc<Segment>>>,
+    /// The number of the segment the writer appends to (maintenance reads
+    /// it without the writer's lock).
+    pub(crate) head_seg: AtomicU32,
     /// Background work counters.
     pub stats: MaintStats,
 }
@@ -1558,8 +1568,8 @@ impl CouchVb {
             next_commit: last_commit + 1,
             segs: stats,
             since_checkpoint: since,
-            spare: None,
         };
+        let head_seg = AtomicU32::new(w.wal.seg.no);
         shared.memtables.fetch_add(added_bytes, Ordering::Relaxed);
         let view = VbView {
             segments: Arc::new(segments),
@@ -1593,6 +1603,8 @@ impl CouchVb {
             installed: Condvar::new(),
             installed_lock: Mutex::new(0),
             not_before: Mutex::new(None),
+            spare: Mutex::new(None),
+            head_seg,
             stats: MaintStats::default(),
         }))
     }
@@ -1699,10 +1711,17 @@ impl CouchVb {
             w.wal.recover()?;
         }
         let no = w.wal.seg.no + 1;
-        let seg = match w.spare.take().filter(|s| s.no == no) {
-            Some(s) => s,
-            None => create_segment(&self.shared.fds, &self.dir, self.vbid, self.revision, no)?,
+        let seg = {
+            // Waits for a creation by maintenance in progress, if any.
+            let mut spare = lock(&self.spare);
+            match spare.take() {
+                Some(s) if s.no == no => s,
+                // A spare is only ever made for the segment after the
+                // writer's, so this cannot happen; its file is left alone.
+                _ => create_segment(&self.shared.fds, &self.dir, self.vbid, self.revision, no)?,
+            }
         };
+        self.head_seg.store(no, Ordering::Release);
         segments.insert(no, Arc::clone(&seg));
         w.segs.insert(
             no,
@@ -1718,6 +1737,11 @@ impl CouchVb {
         w.wal.dirty_until = w.wal.pos;
         w.wal.prealloc = Arc::default();
         Ok(segments)
+    }
+
+    /// True when no spare segment is ready and none is being created.
+    pub(crate) fn spare_missing(&self) -> bool {
+        self.spare.try_lock().is_ok_and(|s| s.is_none())
     }
 
     /// Closes the current log segment (when it holds records) so that all
@@ -1825,7 +1849,11 @@ impl CouchVb {
     }
 
     fn get_impl(&self, v: &VbView, key: &DiskKey) -> StoreResult<Option<Document>> {
-        match v.lookup(key)? {
+        // As of the view's commit: a commit or relocation in progress has
+        // its versions in the shared memtable already, pointing into a
+        // segment it may have started, which this view's segment map does
+        // not hold until that commit is published.
+        match v.lookup_at(key, v.commit)? {
             None => Ok(None),
             Some(rec) => Ok(Some(v.read_doc(&rec, &self.shared.blocks, Some(key))?)),
         }
@@ -1953,7 +1981,7 @@ impl VbStore for CouchVb {
             self.finish_apply(&w, &v, apply, commit, new_segments);
             let chores = (w.wal.small_records
                 && w.wal.file_len.saturating_sub(w.wal.pos) < crate::wal::PREALLOC_LOW)
-                || (w.spare.is_none() && w.wal.pos > w.wal.segment_bytes / 4 * 3);
+                || (w.wal.pos > w.wal.segment_bytes / 4 * 3 && self.spare_missing());
             (
                 CommitInfo {
                     high_seqno: high_after,
