@@ -1,13 +1,15 @@
 //! The stores under test, behind one small trait.
 //!
 //! Our backends run through the `KvStore` contract, one `VbStore` per
-//! vbucket. Each commit passes the prior of every item
+//! vbucket. kvstore-rocks gets the prior of every item
 //! (`VbStore::commit_with_priors`): the version the store held before, as
 //! the engine knows it from the read it makes before every write. Here a
 //! map of the documents committed through this handle stands in for the
 //! engine's knowledge (its memory counts in the process's peak RSS); keys it
 //! does not know, in a store that already held data when opened, go as
-//! `Prior::Unknown`.
+//! `Prior::Unknown`. couchfile ignores priors (it finds each key's current
+//! version in its memtable or index, in memory), so it gets plain commits
+//! and the bench keeps no such map for it.
 //!
 //! Raw RocksDB does what a user who picked RocksDB instead would do: blind
 //! puts of key → (seqno, tombstone flag, value) into one column family, one
@@ -157,7 +159,7 @@ pub fn open(kind: Kind, dir: &Path, sync: bool, vbuckets: u16) -> Result<Box<dyn
                 ..Default::default()
             };
             let kv = kvstore_couchfile::CouchStore::open(dir, cfg).map_err(err("couchfile"))?;
-            Box::new(OurStore::open(Arc::new(kv), dir, vbuckets)?)
+            Box::new(OurStore::open(Arc::new(kv), dir, vbuckets, false)?)
         }
         Kind::RocksBackend => {
             let cfg = kvstore_rocks::RocksConfig {
@@ -165,7 +167,7 @@ pub fn open(kind: Kind, dir: &Path, sync: bool, vbuckets: u16) -> Result<Box<dyn
                 ..Default::default()
             };
             let kv = kvstore_rocks::RocksStore::open(dir, cfg).map_err(err("kvstore-rocks"))?;
-            Box::new(OurStore::open(Arc::new(kv), dir, vbuckets)?)
+            Box::new(OurStore::open(Arc::new(kv), dir, vbuckets, true)?)
         }
         Kind::RawRocks => Box::new(RawRocks::open(dir, sync)?),
         Kind::Redb => Box::new(Redb::open(dir, sync)?),
@@ -201,6 +203,8 @@ struct OurStore {
     /// True when the store held nothing when opened, so a key missing from
     /// `known` is absent from the store too.
     complete: bool,
+    /// Whether commits carry priors (and `known` is kept).
+    priors: bool,
 }
 
 /// What `OurStore` remembers of one vbucket's keys: the newest version of
@@ -326,7 +330,7 @@ impl Known {
 }
 
 impl OurStore {
-    fn open(kv: Arc<dyn KvStore>, dir: &Path, vbuckets: u16) -> Result<Self> {
+    fn open(kv: Arc<dyn KvStore>, dir: &Path, vbuckets: u16, priors: bool) -> Result<Self> {
         let mut vbs = HashMap::new();
         let found = kv.discover().map_err(err("discover"))?;
         let complete = found.is_empty();
@@ -344,6 +348,7 @@ impl OurStore {
             vbs,
             known: HashMap::new(),
             complete,
+            priors,
         })
     }
 
@@ -359,6 +364,24 @@ fn disk_key(key: &[u8]) -> Result<DiskKey> {
 impl BenchStore for OurStore {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
         let store = Arc::clone(self.vb(vb)?);
+        if !self.priors {
+            let mut batch = CommitBatch {
+                items: Vec::with_capacity(items.len()),
+                ..CommitBatch::default()
+            };
+            for it in items {
+                let key = disk_key(&it.key)?;
+                batch.items.push(if it.deleted {
+                    Document::tombstone(key, Seqno(it.seqno), 1)
+                } else {
+                    Document::new(key, Seqno(it.seqno), bytes::Bytes::from(it.value.clone()))
+                });
+            }
+            return store
+                .commit(batch)
+                .map(|_| ())
+                .map_err(|e| format!("commit: {e}"));
+        }
         let complete = self.complete;
         let known = self.known.entry(vb).or_default();
         let mut batch = CommitBatch {
