@@ -1299,13 +1299,16 @@ impl Engine {
 }
 
 impl Drop for Engine {
+    /// Stops the background work without flushing (see
+    /// [`Engine::shutdown`] for a clean stop). When this returns no flush
+    /// task holds the backend any more: a task still running on a pool
+    /// thread could otherwise drop the last handle on the backend after
+    /// the process began to exit (RocksDB aborts then).
     fn drop(&mut self) {
         let threads = std::mem::take(&mut *lock(&self.threads));
-        if threads.is_empty() {
-            return;
-        }
         self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.flusher.shutdown();
+        self.shared.flusher.wait_idle();
         self.shared.deleter.shutdown();
         for t in threads {
             let _ = t.join();
