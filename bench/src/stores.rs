@@ -1,16 +1,31 @@
 //! The stores under test, behind one small trait.
 //!
 //! Our backends run through the `KvStore` contract, one `VbStore` per
-//! vbucket. The peers keep what a vbucket store must keep, the same way:
-//! a by-key index (key → seqno, flags, value) and a by-seqno index
-//! (seqno → key), written in one atomic batch per commit, with the old
-//! seqno entry removed when a key is overwritten (which needs a read of the
-//! old version, as our backends do) and deletes kept as tombstones. Vbuckets
-//! are a 2-byte key prefix in the peers' single database.
+//! vbucket. Each commit passes the prior of every item
+//! (`VbStore::commit_with_priors`): the version the store held before, as
+//! the engine knows it from the read it makes before every write. Here a
+//! map of the documents committed through this handle stands in for the
+//! engine's knowledge (its memory counts in the process's peak RSS); keys it
+//! does not know, in a store that already held data when opened, go as
+//! `Prior::Unknown`.
+//!
+//! Raw RocksDB does what a user who picked RocksDB instead would do: blind
+//! puts of key → (seqno, tombstone flag, value) into one column family, one
+//! atomic batch per commit, with the options kvstore-rocks runs with. It
+//! keeps no by-seqno index, so its seqno scan reads every document under a
+//! snapshot and sorts them by seqno.
+//!
+//! redb and fjall keep what a vbucket store must keep: a by-key index
+//! (key → seqno, flags, value) and a by-seqno index (seqno → key), written
+//! in one atomic batch per commit, with the old seqno entry removed when a
+//! key is overwritten (which needs a read of the old version) and deletes
+//! kept as tombstones.
+//!
+//! Vbuckets are a 2-byte key prefix in the peers' single database.
 
 use kvstore_core::{
-    CollectionId, CommitBatch, CompactionConfig, DiskKey, Document, KeyRange, KvStore, ScanControl,
-    ScanOptions, Seqno, VbStore, Vbid,
+    CollectionId, CommitBatch, CompactionConfig, DiskKey, Document, KeyRange, KvStore, Prior,
+    ScanControl, ScanOptions, Seqno, VbStore, Vbid,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -180,12 +195,142 @@ struct OurStore {
     _kv: Arc<dyn KvStore>,
     dir: PathBuf,
     vbs: HashMap<u16, Arc<dyn VbStore>>,
+    /// The newest version committed through this handle, per vbucket and
+    /// key: the priors of later commits (see the module docs).
+    known: HashMap<u16, Known>,
+    /// True when the store held nothing when opened, so a key missing from
+    /// `known` is absent from the store too.
+    complete: bool,
+}
+
+/// What `OurStore` remembers of one vbucket's keys: the newest version of
+/// each, as the documents it builds (`Document::new`, or a tombstone
+/// deleted at 1) need it. Kept lean, since its upkeep is timed with the
+/// commits it serves: the keys live in one arena, the index maps a 64-bit
+/// hash of a key to its slot, and the values are the commits' own buffers.
+/// Two keys with one hash (never seen in practice) both go as
+/// `Prior::Unknown` from then on.
+#[derive(Default)]
+struct Known {
+    index: HashMap<u64, u32, std::hash::BuildHasherDefault<Prehashed>>,
+    keys: Vec<u8>,
+    slots: Vec<Version>,
+    collided: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
+}
+
+/// The newest version of a key.
+struct Version {
+    key_at: usize,
+    key_len: usize,
+    seqno: u64,
+    deleted: bool,
+    value: bytes::Bytes,
+}
+
+impl Version {
+    /// The document this version is, under `key`.
+    fn doc(&self, key: &DiskKey) -> Document {
+        if self.deleted {
+            Document::tombstone(key.clone(), Seqno(self.seqno), 1)
+        } else {
+            Document::new(key.clone(), Seqno(self.seqno), self.value.clone())
+        }
+    }
+}
+
+/// A hash of a short key, eight bytes at a time (the std hasher is built to
+/// resist hash flooding, which a benchmark does not need).
+fn key_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    h ^ (h >> 32)
+}
+
+/// The identity hash of a key that is already a hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Known {
+    /// The newest version of `key` (hash `h`), if known.
+    fn get(&self, h: u64, key: &[u8]) -> Option<&Version> {
+        if self.ambiguous(h) {
+            return None;
+        }
+        let v = &self.slots[*self.index.get(&h)? as usize];
+        (self.keys.get(v.key_at..v.key_at + v.key_len) == Some(key)).then_some(v)
+    }
+
+    /// True when `h` is the hash of two keys, which are then unknown.
+    fn ambiguous(&self, h: u64) -> bool {
+        self.collided.contains(&h)
+    }
+
+    /// Records the newest version of `key` (hash `h`).
+    fn put(&mut self, h: u64, key: &[u8], seqno: u64, deleted: bool, value: bytes::Bytes) {
+        match self.index.get(&h).map(|&i| i as usize) {
+            Some(i) => {
+                let v = &mut self.slots[i];
+                if self.keys.get(v.key_at..v.key_at + v.key_len) == Some(key) {
+                    (v.seqno, v.deleted, v.value) = (seqno, deleted, value);
+                } else {
+                    self.collided.insert(h);
+                }
+            }
+            None => {
+                let Ok(slot) = u32::try_from(self.slots.len()) else {
+                    self.collided.insert(h);
+                    return;
+                };
+                self.slots.push(Version {
+                    key_at: self.keys.len(),
+                    key_len: key.len(),
+                    seqno,
+                    deleted,
+                    value,
+                });
+                self.keys.extend_from_slice(key);
+                self.index.insert(h, slot);
+            }
+        }
+    }
+
+    /// Forgets `key` (hash `h`): its prior is unknown from now on.
+    fn forget(&mut self, h: u64) {
+        self.collided.insert(h);
+    }
 }
 
 impl OurStore {
     fn open(kv: Arc<dyn KvStore>, dir: &Path, vbuckets: u16) -> Result<Self> {
         let mut vbs = HashMap::new();
-        for (vbid, rev) in kv.discover().map_err(err("discover"))? {
+        let found = kv.discover().map_err(err("discover"))?;
+        let complete = found.is_empty();
+        for (vbid, rev) in found {
             vbs.insert(vbid.0, kv.open(vbid, rev).map_err(err("open"))?);
         }
         for v in 0..vbuckets {
@@ -197,6 +342,8 @@ impl OurStore {
             _kv: kv,
             dir: dir.to_path_buf(),
             vbs,
+            known: HashMap::new(),
+            complete,
         })
     }
 
@@ -211,16 +358,52 @@ fn disk_key(key: &[u8]) -> Result<DiskKey> {
 
 impl BenchStore for OurStore {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
-        let mut batch = CommitBatch::new();
+        let store = Arc::clone(self.vb(vb)?);
+        let complete = self.complete;
+        let known = self.known.entry(vb).or_default();
+        let mut batch = CommitBatch {
+            items: Vec::with_capacity(items.len()),
+            ..CommitBatch::default()
+        };
+        let mut priors = Vec::with_capacity(items.len());
+        let mut values = Vec::with_capacity(items.len());
+        let mut hashes = Vec::with_capacity(items.len());
         for it in items {
             let key = disk_key(&it.key)?;
-            batch = batch.item(if it.deleted {
+            let h = key_hash(&it.key);
+            let value = bytes::Bytes::from(it.value.clone());
+            priors.push(match known.get(h, &it.key) {
+                Some(v) => Prior::Present(v.doc(&key)),
+                None if complete && !known.ambiguous(h) => Prior::Absent,
+                None => Prior::Unknown,
+            });
+            batch.items.push(if it.deleted {
                 Document::tombstone(key, Seqno(it.seqno), 1)
             } else {
-                Document::new(key, Seqno(it.seqno), it.value.clone())
+                Document::new(key, Seqno(it.seqno), value.clone())
             });
+            values.push(value);
+            hashes.push(h);
         }
-        self.vb(vb)?.commit(batch).map_err(err("commit"))?;
+        // A key twice in one batch: both occurrences carry the stored
+        // version's prior, and the later (higher-seqno) version is the one
+        // remembered.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        if !items.windows(2).all(|w| w[0].seqno < w[1].seqno) {
+            order.sort_by_key(|&i| items[i].seqno);
+        }
+        if let Err(e) = store.commit_with_priors(batch, priors) {
+            // The commit may or may not be on disk: forget what it touched,
+            // so later commits pass `Unknown` for those keys.
+            for &h in &hashes {
+                known.forget(h);
+            }
+            return Err(format!("commit: {e}"));
+        }
+        for i in order {
+            let it = &items[i];
+            known.put(hashes[i], &it.key, it.seqno, it.deleted, values[i].clone());
+        }
         Ok(())
     }
 
@@ -326,7 +509,8 @@ fn pseq(vb: u16, seqno: u64) -> [u8; 10] {
     k
 }
 
-/// Raw rocksdb, configured as kvstore-rocks configures it by default.
+/// Raw rocksdb, configured as kvstore-rocks configures it by default,
+/// doing blind puts (see the module docs).
 struct RawRocks {
     db: rocksdb::DB,
     dir: PathBuf,
@@ -340,10 +524,10 @@ impl RawRocks {
         // differ only in what they do per operation.
         let tuning = kvstore_rocks::Tuning::new(&kvstore_rocks::RocksConfig::default());
         let opts = tuning.db_options();
-        let cfs = vec![
-            rocksdb::ColumnFamilyDescriptor::new("data", tuning.by_key_options()),
-            rocksdb::ColumnFamilyDescriptor::new("seq", tuning.by_seqno_options()),
-        ];
+        let cfs = vec![rocksdb::ColumnFamilyDescriptor::new(
+            "data",
+            tuning.by_key_options(),
+        )];
         let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(err("rocksdb open"))?;
         Ok(RawRocks {
             db,
@@ -361,18 +545,10 @@ impl RawRocks {
 
 impl BenchStore for RawRocks {
     fn write(&mut self, vb: u16, items: &[Item]) -> Result<()> {
-        let (data, seq) = (self.cf("data")?, self.cf("seq")?);
+        let data = self.cf("data")?;
         let mut batch = rocksdb::WriteBatch::default();
-        // The current versions of every key in one multi-get, so the old
-        // by-seqno entries can be deleted.
-        let keys: Vec<Vec<u8>> = items.iter().map(|it| pkey(vb, &it.key)).collect();
-        let olds = self.db.batched_multi_get_cf(data, &keys, false);
-        for ((it, k), old) in items.iter().zip(&keys).zip(olds) {
-            if let Some(old) = old.map_err(err("rocksdb multi-get"))? {
-                batch.delete_cf(seq, pseq(vb, peer_decode(&old)?.0));
-            }
-            batch.put_cf(data, k, peer_value(it));
-            batch.put_cf(seq, pseq(vb, it.seqno), &it.key);
+        for it in items {
+            batch.put_cf(data, pkey(vb, &it.key), peer_value(it));
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(self.sync);
@@ -414,55 +590,36 @@ impl BenchStore for RawRocks {
     }
 
     fn scan_seqnos(&mut self, vb: u16, from: u64, f: &mut SeqnoVisitor<'_>) -> Result<u64> {
-        let (seq, data) = (self.cf("seq")?, self.cf("data")?);
-        // One snapshot for both indexes, as a backfill needs.
+        // No by-seqno index: every document of the vbucket under one
+        // snapshot, sorted by seqno.
+        let data = self.cf("data")?;
         let snap = self.db.snapshot();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_range(rocksdb::PrefixRange(vb.to_be_bytes().to_vec()));
-        ro.set_snapshot(&snap);
-        let mut it = self.db.raw_iterator_cf_opt(seq, ro);
-        it.seek(pseq(vb, from));
-        let mut n = 0;
-        let mut pending: Vec<(u64, Vec<u8>)> = Vec::with_capacity(128);
-        let mut flush = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<()> {
-            let mut ro = rocksdb::ReadOptions::default();
-            ro.set_snapshot(&snap);
-            let keys: Vec<Vec<u8>> = pending.iter().map(|(_, k)| pkey(vb, k)).collect();
-            let vals = self.db.batched_multi_get_cf_opt(data, &keys, true, &ro);
-            for ((s, k), v) in pending.drain(..).zip(vals) {
-                let v = v.map_err(err("rocksdb multi-get"))?;
-                let v = v.ok_or_else(|| "seqno index points at a missing key".to_string())?;
-                let (_, _, value) = peer_decode(&v)?;
-                f(s, &k, value);
-            }
-            Ok(())
-        };
-        while let Some(k) = it.key() {
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&k[2..10]);
-            pending.push((
-                u64::from_be_bytes(s),
-                it.value().unwrap_or_default().to_vec(),
-            ));
-            n += 1;
-            if pending.len() == 128 {
-                flush(&mut pending)?;
+        let mut it = snap.raw_iterator_cf_opt(data, ro);
+        it.seek_to_first();
+        let mut docs: Vec<(u64, Vec<u8>, Vec<u8>)> = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (seqno, _, value) = peer_decode(v)?;
+            if seqno >= from {
+                docs.push((seqno, k[2..].to_vec(), value.to_vec()));
             }
             it.next();
         }
-        flush(&mut pending)?;
         it.status().map_err(err("rocksdb iterate"))?;
-        Ok(n)
+        docs.sort_unstable_by_key(|d| d.0);
+        for (s, k, v) in &docs {
+            f(*s, k, v);
+        }
+        Ok(docs.len() as u64)
     }
 
     fn compact(&mut self) -> Result<()> {
         let mut co = rocksdb::CompactOptions::default();
         co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in ["data", "seq"] {
-            let cf = self.cf(name)?;
-            self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
-        }
+        let cf = self.cf("data")?;
+        self.db
+            .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
         Ok(())
     }
 

@@ -181,7 +181,7 @@ fn finish_manifest_update(shared: &Arc<Shared>, owner: Owner, _: Outcome) -> Eng
 
 impl Engine {
     /// Runs a call that may wait, for a Rust caller.
-    fn local<T>(
+    pub(crate) fn local<T>(
         &self,
         finish: fn(&Arc<Shared>, Owner, Outcome) -> EngineResult<T>,
         call: impl FnOnce(&Via) -> EngineResult<Step<T>>,
@@ -398,6 +398,11 @@ impl CookieCalls<'_> {
             Step::Done(v) => Ok(v),
             Step::Parked => Err(EngineError::WouldBlock),
         }
+    }
+
+    /// The engine the calls go to.
+    pub(crate) fn engine(&self) -> &Engine {
+        self.engine
     }
 
     /// The cookie.

@@ -97,6 +97,8 @@ pub struct VbStats {
     pub vbid: Vbid,
     /// Its state.
     pub state: VbState,
+    /// Its current failover uuid (the branch its seqnos belong to).
+    pub vbucket_uuid: u64,
     /// The highest seqno handed out.
     pub high_seqno: Seqno,
     /// The highest seqno persisted.
@@ -561,7 +563,7 @@ impl Engine {
             .collect()
     }
 
-    fn active(&self, vbid: Vbid) -> EngineResult<VbGuard> {
+    pub(crate) fn active(&self, vbid: Vbid) -> EngineResult<VbGuard> {
         self.check_running()?;
         let vb = self.shared.map.get(vbid)?;
         if vb.state() != VbState::Active {
@@ -570,11 +572,11 @@ impl Engine {
         Ok(vb)
     }
 
-    fn now(&self) -> u32 {
+    pub(crate) fn now(&self) -> u32 {
         self.shared.config.clock.now_secs()
     }
 
-    fn absolute_expiry(&self, expiry: u32) -> u32 {
+    pub(crate) fn absolute_expiry(&self, expiry: u32) -> u32 {
         match expiry {
             0 => 0,
             e if e <= RELATIVE_EXPIRY_MAX => self.now().saturating_add(e),
@@ -582,12 +584,12 @@ impl Engine {
         }
     }
 
-    fn is_expired(&self, doc: &Document, now: u32) -> bool {
+    pub(crate) fn is_expired(&self, doc: &Document, now: u32) -> bool {
         !doc.is_deleted() && doc.meta.expiry != 0 && doc.meta.expiry <= now
     }
 
     /// `UnknownCollection` unless `key`'s collection is open in `d`.
-    fn check_collection(d: &VbData, key: &DiskKey) -> EngineResult<()> {
+    pub(crate) fn check_collection(d: &VbData, key: &DiskKey) -> EngineResult<()> {
         match d.collections.collection(key.collection()) {
             Some(_) => Ok(()),
             None => Err(EngineError::UnknownCollection {
@@ -596,9 +598,25 @@ impl Engine {
         }
     }
 
+    /// The collection's maxTTL caps the expiry of new documents.
+    pub(crate) fn cap_expiry(d: &VbData, key: &DiskKey, expiry: u32, now: u32) -> u32 {
+        match d
+            .collections
+            .collection(key.collection())
+            .and_then(|c| c.max_ttl)
+            .filter(|t| *t > 0)
+        {
+            Some(ttl) => {
+                let cap = now.saturating_add(ttl);
+                if expiry == 0 { cap } else { expiry.min(cap) }
+            }
+            None => expiry,
+        }
+    }
+
     /// The visible version of `key`: present, in an open collection, and of
     /// the collection's current generation.
-    fn visible(d: &VbData, key: &DiskKey, doc: Option<Document>) -> Option<Document> {
+    pub(crate) fn visible(d: &VbData, key: &DiskKey, doc: Option<Document>) -> Option<Document> {
         doc.filter(|c| d.collections.visibility(key, c.meta.seqno) == Visibility::Visible)
     }
 
@@ -677,7 +695,7 @@ impl Engine {
 
     /// Reserves quota for a new dirty item, or fails with
     /// `TemporaryFailure` (and nudges the flusher).
-    fn reserve(&self, vb: &VBucket, bytes: u64) -> EngineResult<()> {
+    pub(crate) fn reserve(&self, vb: &VBucket, bytes: u64) -> EngineResult<()> {
         if self.shared.memory.try_reserve(bytes) {
             return Ok(());
         }
@@ -691,7 +709,7 @@ impl Engine {
     /// Adds `doc` to the dirty queue, replacing (and un-counting) any dirty
     /// version of its key. Its bytes must be reserved already, or `force`d:
     /// deletions always go in, since refusing them frees nothing.
-    fn put_dirty(&self, d: &mut VbData, doc: Document, force: bool) {
+    pub(crate) fn put_dirty(&self, d: &mut VbData, doc: Document, force: bool) {
         let bytes = item_bytes(&doc);
         if force {
             self.shared.memory.used.fetch_add(bytes, Ordering::AcqRel);
@@ -705,14 +723,14 @@ impl Engine {
     }
 
     /// Collects the result of a durable call parked under `cookie`, if any.
-    fn collected(&self, cookie: CookieId) -> Option<EngineResult<MutationResult>> {
+    pub(crate) fn collected(&self, cookie: CookieId) -> Option<EngineResult<MutationResult>> {
         self.shared
             .cookies
             .collect(cookie, WaitKind::Persist)
             .map(|r| r.and_then(outcome_mutation))
     }
 
-    fn validate(&self, value: &[u8], datatype: Datatype) -> EngineResult<()> {
+    pub(crate) fn validate(&self, value: &[u8], datatype: Datatype) -> EngineResult<()> {
         if value.len() > self.shared.config.max_value_size {
             return Err(EngineError::TooBig {
                 size: value.len(),
@@ -755,19 +773,7 @@ impl Engine {
         }
         Self::check_collection(&d, key)?;
         let current = Self::visible(&d, key, current);
-        // The collection's maxTTL caps the expiry of new documents.
-        let expiry = match d
-            .collections
-            .collection(key.collection())
-            .and_then(|c| c.max_ttl)
-            .filter(|t| *t > 0)
-        {
-            Some(ttl) => {
-                let cap = now.saturating_add(ttl);
-                if expiry == 0 { cap } else { expiry.min(cap) }
-            }
-            None => expiry,
-        };
+        let expiry = Self::cap_expiry(&d, key, expiry, now);
         let live = current
             .as_ref()
             .filter(|c| !c.is_deleted() && !self.is_expired(c, now));
@@ -826,7 +832,7 @@ impl Engine {
     /// Parks a durable write (under the data lock, so the flusher cannot
     /// complete the seqno before the ticket is parked) and schedules the
     /// flush.
-    fn finish_write(
+    pub(crate) fn finish_write(
         &self,
         via: &Via,
         vb: &VbGuard,
@@ -1205,6 +1211,7 @@ impl Engine {
         VbStats {
             vbid: vb.vbid(),
             state: d.state,
+            vbucket_uuid: d.uuid(),
             high_seqno: Seqno(d.high_seqno),
             persisted_seqno: vb.persisted_seqno(),
             items: d.live_items,

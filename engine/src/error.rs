@@ -23,6 +23,13 @@ pub enum EngineError {
     /// The key exists (add) or its CAS did not match.
     #[error("key exists or CAS mismatch")]
     KeyExists,
+    /// Append or prepend found no document to add to (memcached's
+    /// `NOT_STORED`).
+    #[error("not stored: the document does not exist")]
+    NotStored,
+    /// Increment or decrement met a value that is not a decimal number.
+    #[error("the value is not a number that can be incremented or decremented")]
+    DeltaBadValue,
     /// The value is larger than allowed.
     #[error("value of {size} bytes is over the {max}-byte limit")]
     TooBig {
@@ -83,6 +90,8 @@ impl EngineError {
             EngineError::KeyNotFound => 0x0001,
             EngineError::KeyExists => 0x0002,
             EngineError::TooBig { .. } => 0x0003,
+            EngineError::NotStored => 0x0005,
+            EngineError::DeltaBadValue => 0x0006,
             EngineError::InvalidArguments(_) => 0x0004,
             EngineError::NotMyVbucket(_) => 0x0007,
             EngineError::UnknownCollection { .. } => 0x0088,

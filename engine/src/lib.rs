@@ -71,6 +71,7 @@ pub mod deleter;
 pub mod engine;
 pub mod error;
 pub(crate) mod flusher;
+pub mod rmw;
 pub(crate) mod sync;
 pub mod vbmap;
 pub mod vbucket;
@@ -84,6 +85,7 @@ pub use cookie::{
 pub use deleter::{Deleter, Destroyed};
 pub use engine::{CollectionInfo, Engine, EngineStats, Item, StoreMode, VbStats, WriteOptions};
 pub use error::{EngineError, EngineResult};
+pub use rmw::{ArithOp, ArithOptions, Concat, Counter};
 pub use vbmap::{VBucketMap, VbGuard};
 pub use vbucket::{VBucket, VbHealth};
 

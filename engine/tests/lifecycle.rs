@@ -18,20 +18,6 @@ fn couch() -> Backend {
     Backend::Couchfile(kvstore_couchfile::CouchConfig::default())
 }
 
-/// Copies a directory tree (not the lock file).
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-            copy_tree(&e.path(), &dest);
-        } else if e.file_name() != "LOCK" {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// The stores in the data directory (not the lock file).
 fn files(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -488,7 +474,7 @@ fn deleted_vbucket_held_by_a_guard_does_not_come_back_after_a_crash() {
     // directory stands for the disk after a crash: the running instance
     // keeps its lock on the original.)
     let image = tempfile::tempdir().unwrap();
-    copy_tree(dir.path(), image.path());
+    common::copy_tree(dir.path(), image.path());
     drop(guard);
     drop(o);
     let dir = image;

@@ -25,6 +25,10 @@ fn faulty() -> (Arc<FaultInjector>, Backend) {
     let faults = FaultInjector::new();
     let backend = Backend::Couchfile(CouchConfig {
         faults: Some(faults.clone()),
+        // Checkpoints and reclamation inside commits, so that the armed
+        // fault is taken by the commit under test and not by a background
+        // chore.
+        background: false,
         ..CouchConfig::default()
     });
     (faults, backend)
@@ -251,7 +255,11 @@ fn apply_manifest_carries_on_past_a_failing_vbucket() {
         set_manifest(&o, 201, &manifest_json(1, &[("fruit", 8)])).unwrap();
         o.engine.shutdown().unwrap();
     }
-    std::fs::copy(other.path().join("0.couch.1"), dir.path().join("0.couch.9")).unwrap();
+    // Swap in the other vbucket 0 (the same revision, so its headers match).
+    let vb0 = dir.path().join("0.couch.1");
+    std::fs::remove_dir_all(&vb0).unwrap();
+    std::fs::create_dir(&vb0).unwrap();
+    common::copy_tree(&other.path().join("0.couch.1"), &vb0);
     let o = open(dir.path(), couch(), 1);
     let e = &o.engine;
     assert_eq!(e.manifest().uid, 1);

@@ -31,7 +31,7 @@ pub use key::{DiskKey, MAX_USER_KEY_LEN};
 pub use mem::{MemImage, MemStore};
 pub use store::{
     CancelToken, CommitBatch, CommitInfo, CompactionConfig, CompactionResult, DroppedCollection,
-    KeyRange, KvStore, RollbackResult, ScanControl, ScanOptions, ScanStatus, SeqnoScan, StoreInfo,
-    VbStore,
+    KeyRange, KvStore, Prior, RollbackResult, ScanControl, ScanOptions, ScanStatus, SeqnoScan,
+    StoreInfo, VbStore,
 };
 pub use types::{Cas, CollectionId, RevSeqno, Revision, ScopeId, Seqno, Vbid};

@@ -11,13 +11,13 @@
 //! compaction clears that history, as compacting a couchfile drops its old
 //! headers.
 
-use crate::batch::{PreparedBatch, prepare};
+use crate::batch::{PreparedBatch, prepare_with_priors};
 use crate::doc::{Document, VBSTATE_LOCAL_NAME, VbucketState};
 use crate::error::{StoreError, StoreResult};
 use crate::key::DiskKey;
 use crate::store::{
-    CommitBatch, CommitInfo, CompactionConfig, CompactionResult, KeyRange, KvStore, RollbackResult,
-    ScanControl, ScanOptions, ScanStatus, SeqnoScan, StoreInfo, VbStore,
+    CommitBatch, CommitInfo, CompactionConfig, CompactionResult, KeyRange, KvStore, Prior,
+    RollbackResult, ScanControl, ScanOptions, ScanStatus, SeqnoScan, StoreInfo, VbStore,
 };
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, RwLock, lock, read, write};
 use crate::types::{Revision, Seqno, Vbid};
@@ -380,10 +380,41 @@ impl VbStore for MemVbStore {
     }
 
     fn commit(&self, batch: CommitBatch) -> StoreResult<CommitInfo> {
+        self.commit_with_priors(batch, Vec::new())
+    }
+
+    /// Checks every prior against the stored version and refuses the whole
+    /// batch when one is wrong, so a caller's tests on `MemStore` catch the
+    /// priors a trusting backend would silently take.
+    fn commit_with_priors(
+        &self,
+        batch: CommitBatch,
+        priors: Vec<Prior>,
+    ) -> StoreResult<CommitInfo> {
         self.check()?;
         let mut history = lock(&self.cell.writer);
         let high = read(&self.cell.data).high_seqno;
-        let prepared = prepare(self.vbid, high, batch)?;
+        let (prepared, priors) = prepare_with_priors(self.vbid, high, batch, priors)?;
+        {
+            let data = read(&self.cell.data);
+            for (doc, prior) in prepared.items.iter().zip(&priors) {
+                let stored = data.by_key.get(&doc.key);
+                let right = match prior {
+                    Prior::Unknown => true,
+                    Prior::Absent => stored.is_none(),
+                    Prior::Present(p) => stored == Some(p),
+                };
+                if !right {
+                    return Err(StoreError::InvalidBatch {
+                        vbid: self.vbid,
+                        reason: format!(
+                            "the prior of {} is {prior:?}, but the store holds {stored:?}",
+                            doc.key
+                        ),
+                    });
+                }
+            }
+        }
         if self.image.fail_next_sync.swap(false, Ordering::SeqCst) {
             let err = io::Error::other("injected sync failure");
             *lock(&self.poisoned) = Some(err.to_string());

@@ -70,6 +70,111 @@ impl CommitBatch {
     }
 }
 
+/// What the caller knows about the version of one item's key that the store
+/// holds *before* a commit: the item's prior. A hint, passed beside the batch
+/// to [`VbStore::commit_with_priors`], that lets a backend keep its counts,
+/// indexes and rollback history without reading the key first.
+///
+/// # What the caller promises
+///
+/// - [`Prior::Unknown`] promises nothing. The backend finds out for itself,
+///   exactly as [`VbStore::commit`] does.
+/// - [`Prior::Absent`] promises that the store holds no version of the key:
+///   neither a live document nor a tombstone ([`VbStore::get`] would return
+///   `None` right before the commit).
+/// - [`Prior::Present`] promises that the store holds exactly this document
+///   for the key, tombstone or not: [`VbStore::get`] right before the commit
+///   would return a document equal to it (same key, metadata and value).
+///
+/// The prior always describes the store, never the batch: when a key appears
+/// more than once in one batch, every occurrence carries the same prior, the
+/// version stored before the commit (the kept, highest-seqno occurrence's
+/// prior is the one used). After a commit failed, its outcome is unknown (it
+/// may be wholly on disk or wholly absent), so a caller must not derive
+/// priors from that commit's items; it passes [`Prior::Unknown`] for them, or
+/// reads the keys, until a commit succeeds.
+///
+/// A caller that reads each key's current version before writing it (the
+/// engine does, to check CAS and bump the rev seqno) has the prior already:
+/// it is the document that read returned, or `Absent` when it returned none,
+/// provided the read came from the store and not from items still waiting
+/// to be flushed.
+///
+/// # What happens when a prior is wrong
+///
+/// Every backend checks what it can check without reading: a `Present`
+/// document whose key is not the item's key, or whose seqno is not below the
+/// item's, makes the whole batch fail with [`crate::StoreError::InvalidBatch`]
+/// and change nothing. A backend may check more and reject the batch the same
+/// way ([`crate::MemStore`] compares every prior with what it holds, so tests
+/// of a caller on `MemStore` catch wrong priors).
+///
+/// A backend that trusts a wrong prior still commits the items exactly: every
+/// read and scan returns them, and every by-seqno scan still delivers one
+/// entry per key, the newest. What it does not guarantee is what depends on
+/// the old version: [`StoreInfo`]'s counts and data bytes may drift, and a
+/// rollback that undoes the commit may restore the wrong version of that key
+/// (for example, after a wrong `Absent`, delete it instead of restoring it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Prior {
+    /// Nothing is known; the backend looks the key up if it needs to.
+    #[default]
+    Unknown,
+    /// The store holds no version of the key.
+    Absent,
+    /// The store holds exactly this document for the key (live or tombstone).
+    Present(Document),
+}
+
+impl Prior {
+    /// The prior described by the result of a read of the key: `Present`
+    /// for a document (tombstones included), `Absent` for none.
+    #[must_use]
+    pub fn from_read(doc: Option<Document>) -> Self {
+        match doc {
+            Some(d) => Prior::Present(d),
+            None => Prior::Absent,
+        }
+    }
+}
+
+/// Checks what every backend checks of priors without reading: `priors` is
+/// empty or has one entry per item, and every `Present` prior is a version
+/// of its item's key with a lower seqno.
+///
+/// # Errors
+/// [`crate::StoreError::InvalidBatch`] naming the first bad prior.
+pub fn check_priors(vbid: Vbid, items: &[Document], priors: &[Prior]) -> StoreResult<()> {
+    let invalid = |reason: String| Err(crate::StoreError::InvalidBatch { vbid, reason });
+    if priors.is_empty() {
+        return Ok(());
+    }
+    if priors.len() != items.len() {
+        return invalid(format!(
+            "{} priors for {} items (give none, or one per item)",
+            priors.len(),
+            items.len()
+        ));
+    }
+    for (doc, prior) in items.iter().zip(priors) {
+        if let Prior::Present(p) = prior {
+            if p.key != doc.key {
+                return invalid(format!(
+                    "the prior of item {} (seqno {}) is a version of key {}",
+                    doc.key, doc.meta.seqno, p.key
+                ));
+            }
+            if p.meta.seqno >= doc.meta.seqno {
+                return invalid(format!(
+                    "the prior of item {} has seqno {}, not below the item's {}",
+                    doc.key, p.meta.seqno, doc.meta.seqno
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommitInfo {
@@ -346,6 +451,23 @@ pub trait VbStore: Send + Sync {
 
     /// Applies the batch atomically and durably (DESIGN §4.1, §4.2).
     fn commit(&self, batch: CommitBatch) -> StoreResult<CommitInfo>;
+
+    /// [`VbStore::commit`] with a [`Prior`] per item of `batch.items`, in the
+    /// same order (or none at all: an empty `priors` is exactly `commit`).
+    /// The observable result is the same as `commit`'s whenever the priors
+    /// are right; see [`Prior`] for what the caller promises and what a
+    /// wrong prior can do.
+    ///
+    /// The default checks the priors with [`check_priors`] and ignores them;
+    /// a backend that can use them to avoid reading keys overrides it.
+    fn commit_with_priors(
+        &self,
+        batch: CommitBatch,
+        priors: Vec<Prior>,
+    ) -> StoreResult<CommitInfo> {
+        check_priors(self.vbid(), &batch.items, &priors)?;
+        self.commit(batch)
+    }
 
     /// One document, tombstones included.
     fn get(&self, key: &DiskKey) -> StoreResult<Option<Document>>;

@@ -7,7 +7,8 @@
 //! code in this crate and drops the snapshot before the database handle.
 
 use crate::codec::{
-    Header, Malformed, Prefix, data_key, decode_doc, disk_key, num_key, parse_num_key, prefix_end,
+    Header, Malformed, Prefix, data_key, decode_doc, decode_seq_record, disk_key, num_key,
+    parse_num_key, prefix_end,
 };
 use crate::db::{Cf, cf};
 use crate::error::{backend, corrupt};
@@ -17,7 +18,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// How many index entries one refill reads.
+/// How many index entries one refill looks up.
 const BATCH: usize = 128;
 
 type Snap<'a> = Snapshot<'a>;
@@ -33,19 +34,25 @@ self_cell::self_cell!(
 
 /// A by-seqno scan of one revision under one snapshot.
 ///
-/// It reads the `byseqno` index in batches and fetches the documents of each
-/// batch with one multi-get on `bykey`, both under the snapshot taken at
-/// creation. Documents fetched but not yet delivered wait in a small buffer
-/// while the scan is parked; the next batch is read by seeking after the
-/// last seqno read, under the same snapshot.
+/// It reads the `byseqno` records in order and fetches the documents of
+/// their entries, [`BATCH`] at a time, with one multi-get on `bykey`, both
+/// under the snapshot taken at creation. An entry whose document has a
+/// newer seqno (the key was overwritten) or is gone (purged) is stale and
+/// skipped, so each key is delivered once, at its newest version in the
+/// snapshot. Entries read but not looked up, and documents fetched but not
+/// delivered, wait while the scan is parked; the next records are read by
+/// seeking after the last record read, under the same snapshot.
 pub(crate) struct RocksScan {
     pinned: PinnedSnapshot,
     path: PathBuf,
     prefix: Prefix,
-    /// The next seqno to read from the index; `None` once it is exhausted.
+    /// Where the next record read starts (records holding seqnos at or
+    /// above it); `None` once the index is exhausted.
     next: Option<u64>,
     end: u64,
     opts: ScanOptions,
+    /// Entries (seqno, disk key) read from the index, not yet looked up.
+    pending: VecDeque<(u64, Vec<u8>)>,
     buffer: VecDeque<Document>,
     last: Option<Seqno>,
     high: Seqno,
@@ -83,6 +90,7 @@ impl RocksScan {
             next: (start <= end).then_some(start.0),
             end: end.0,
             opts,
+            pending: VecDeque::new(),
             buffer: VecDeque::new(),
             last: None,
             high: Seqno(header.high),
@@ -90,48 +98,71 @@ impl RocksScan {
         }))
     }
 
-    /// Reads the next batch of the index and its documents into the buffer.
-    fn refill(&mut self) -> StoreResult<()> {
+    /// Reads index records until at least [`BATCH`] entries of the range
+    /// are pending or the range ends.
+    fn read_index(&mut self) -> StoreResult<()> {
         let Some(from) = self.next else {
             return Ok(());
         };
-        let prefix = self.prefix;
-        let path = &self.path;
-        let end = self.end;
-        let opts = &self.opts;
-        let (docs, next) = self.pinned.with_dependent(
-            |db, snap| -> StoreResult<(Vec<Document>, Option<u64>)> {
+        let (prefix, end, path) = (self.prefix, self.end, &self.path);
+        let include_deleted = self.opts.include_deleted;
+        let pending = &mut self.pending;
+        let next = self
+            .pinned
+            .with_dependent(|db, snap| -> StoreResult<Option<u64>> {
                 let start = num_key(&prefix, from);
-                let upper = match end.checked_add(1) {
-                    Some(e) => num_key(&prefix, e).to_vec(),
-                    None => prefix_end(&prefix),
-                };
                 let mut ro = ReadOptions::default();
-                ro.set_iterate_range(start.to_vec()..upper);
+                ro.set_iterate_range(start.to_vec()..prefix_end(&prefix));
                 let mut it = snap.raw_iterator_cf_opt(cf(db, Cf::BySeqno)?, ro);
                 it.seek(start);
-                let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
-                while entries.len() < BATCH
-                    && let Some((k, v)) = it.item()
-                {
-                    let seqno = parse_num_key(k).ok_or_else(|| {
-                        corrupt(
-                            path,
-                            Cf::BySeqno.name(),
-                            k,
-                            Malformed {
-                                what: "by-seqno key",
-                                detail: format!("{} bytes", k.len()),
-                            },
-                        )
+                let mut next = Some(from);
+                while pending.len() < BATCH {
+                    let Some((k, v)) = it.item() else {
+                        it.status().map_err(backend)?;
+                        return Ok(None);
+                    };
+                    let bad = |m| corrupt(path, Cf::BySeqno.name(), k, m);
+                    let at = parse_num_key(k).ok_or_else(|| {
+                        bad(Malformed {
+                            what: "by-seqno key",
+                            detail: format!("{} bytes", k.len()),
+                        })
                     })?;
-                    entries.push((seqno, v.to_vec()));
+                    for e in decode_seq_record(v, at).map_err(bad)? {
+                        if e.seqno < from {
+                            continue;
+                        }
+                        if e.seqno > end {
+                            return Ok(None);
+                        }
+                        // A tombstone entry is never delivered without
+                        // tombstones, current or stale.
+                        if e.deleted && !include_deleted {
+                            continue;
+                        }
+                        pending.push_back((e.seqno, e.key.to_vec()));
+                    }
+                    next = at.checked_add(1);
+                    if next.is_none_or(|n| n > end) {
+                        return Ok(None);
+                    }
                     it.next();
                 }
-                it.status().map_err(backend)?;
-                let more = it.valid();
-                drop(it);
+                Ok(next)
+            })?;
+        self.next = next;
+        Ok(())
+    }
 
+    /// Looks up the next [`BATCH`] pending entries and buffers the
+    /// documents of those that are current.
+    fn look_up(&mut self) -> StoreResult<()> {
+        let n = self.pending.len().min(BATCH);
+        let entries: Vec<(u64, Vec<u8>)> = self.pending.drain(..n).collect();
+        let (prefix, path, opts) = (self.prefix, &self.path, &self.opts);
+        let docs = self
+            .pinned
+            .with_dependent(|db, snap| -> StoreResult<Vec<Document>> {
                 let keys: Vec<Vec<u8>> =
                     entries.iter().map(|(_, k)| data_key(&prefix, k)).collect();
                 let mut ro = ReadOptions::default();
@@ -143,39 +174,51 @@ impl RocksScan {
                     let index_key = num_key(&prefix, *seqno);
                     let dk = disk_key(raw_key)
                         .map_err(|m| corrupt(path, Cf::BySeqno.name(), &index_key, m))?;
-                    let bad_entry = |detail: String| {
-                        corrupt(
+                    // Purged (a tombstone or a dropped collection's item):
+                    // the entry is stale.
+                    let Some(value) = value.map_err(backend)? else {
+                        continue;
+                    };
+                    let doc = decode_doc(dk, &value, !opts.keys_only)
+                        .map_err(|m| corrupt(path, Cf::ByKey.name(), key, m))?;
+                    if doc.meta.seqno.0 > *seqno {
+                        // Overwritten: the entry is stale.
+                        continue;
+                    }
+                    if doc.meta.seqno.0 < *seqno {
+                        return Err(corrupt(
                             path,
                             Cf::BySeqno.name(),
                             &index_key,
                             Malformed {
                                 what: "by-seqno entry",
-                                detail,
+                                detail: format!(
+                                    "its document has the older seqno {}",
+                                    doc.meta.seqno
+                                ),
                             },
-                        )
-                    };
-                    let Some(value) = value.map_err(backend)? else {
-                        return Err(bad_entry("points at a missing document".into()));
-                    };
-                    let doc = decode_doc(dk, &value, !opts.keys_only)
-                        .map_err(|m| corrupt(path, Cf::ByKey.name(), key, m))?;
-                    if doc.meta.seqno.0 != *seqno {
-                        return Err(bad_entry(format!("document has seqno {}", doc.meta.seqno)));
+                        ));
                     }
                     if doc.is_deleted() && !opts.include_deleted {
                         continue;
                     }
                     docs.push(doc);
                 }
-                let next = match entries.last() {
-                    Some((s, _)) if more => s.checked_add(1),
-                    _ => None,
-                };
-                Ok((docs, next))
-            },
-        )?;
+                Ok(docs)
+            })?;
         self.buffer.extend(docs);
-        self.next = next;
+        Ok(())
+    }
+
+    /// Fills the buffer with the next documents; leaves it empty only when
+    /// the range is done.
+    fn refill(&mut self) -> StoreResult<()> {
+        while self.buffer.is_empty() && (self.next.is_some() || !self.pending.is_empty()) {
+            if self.pending.len() < BATCH {
+                self.read_index()?;
+            }
+            self.look_up()?;
+        }
         Ok(())
     }
 }
@@ -191,10 +234,10 @@ impl SeqnoScan for RocksScan {
         }
         loop {
             if self.buffer.is_empty() {
-                if self.next.is_none() {
+                self.refill()?;
+                if self.buffer.is_empty() {
                     return Ok(ScanStatus::Done);
                 }
-                self.refill()?;
                 continue;
             }
             if self.opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
@@ -210,6 +253,7 @@ impl SeqnoScan for RocksScan {
                 ScanControl::Stop => {
                     self.stopped = true;
                     self.buffer.clear();
+                    self.pending.clear();
                     self.next = None;
                     return Ok(ScanStatus::Stopped);
                 }

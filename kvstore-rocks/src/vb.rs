@@ -1,19 +1,21 @@
 //! [`RocksVb`]: one `(vbid, revision)` store inside the shared instance.
 
 use crate::codec::{
-    Header, KeyBuf, Malformed, Prefix, UndoBuilder, UndoRecord, body_size, data_key, decode_doc,
-    decode_meta, disk_key, encode_doc, num_key, prefix, prefix_end,
+    Header, KeyBuf, Malformed, Prefix, SEQ_RECORD_MAX, SeqRecordBuilder, UndoBuilder, UndoRecord,
+    body_size, data_key, decode_doc, decode_meta, decode_seq_record, disk_key, encode_doc, num_key,
+    parse_num_key, prefix, prefix_end,
 };
 use crate::config::SyncFault;
 use crate::db::{Cf, Shared, cf};
 use crate::error::{backend, corrupt};
 use crate::scan::RocksScan;
 use bytes::Bytes;
-use kvstore_core::batch::prepare;
+use kvstore_core::batch::prepare_by_seqno;
+use kvstore_core::store::check_priors;
 use kvstore_core::{
     CommitBatch, CommitInfo, CompactionConfig, CompactionResult, DiskKey, Document, KeyRange,
-    Revision, RollbackResult, ScanControl, ScanOptions, ScanStatus, Seqno, SeqnoScan, StoreError,
-    StoreInfo, StoreResult, VBSTATE_LOCAL_NAME, VbStore, Vbid, VbucketState,
+    Prior, Revision, RollbackResult, ScanControl, ScanOptions, ScanStatus, Seqno, SeqnoScan,
+    StoreError, StoreInfo, StoreResult, VBSTATE_LOCAL_NAME, VbStore, Vbid, VbucketState,
 };
 use rocksdb::{
     BottommostLevelCompaction, CompactOptions, DBPinnableSlice, FlushOptions, ReadOptions,
@@ -37,9 +39,17 @@ const SIZE_ESTIMATE_TTL: Duration = Duration::from_secs(1);
 /// Documents the compaction scan reads between two cancellation checks.
 const CANCEL_CHECK_EVERY: usize = 256;
 
-/// The writer's state: the authoritative header of the revision.
+/// The writer's state.
 pub(crate) struct Writer {
+    /// The authoritative header of the revision.
     header: Header,
+    /// The revision's local documents, read once on first need, so a commit
+    /// takes their previous values for its undo record without a read.
+    locals: Option<BTreeMap<String, Bytes>>,
+    /// Rollbacks so far. A compaction that judged by-seqno entries stale
+    /// under its snapshot removes them only if no rollback ran since (a
+    /// rollback can make an overwritten version current again).
+    rollbacks: u64,
 }
 
 /// One vbucket revision. Writers (commit, rollback, the apply step of
@@ -78,7 +88,11 @@ impl RocksVb {
             revision,
             prefix: p,
             end: prefix_end(&p),
-            writer: Mutex::new(Writer { header }),
+            writer: Mutex::new(Writer {
+                header,
+                locals: None,
+                rollbacks: 0,
+            }),
             published: Mutex::new(header),
             compacting: Mutex::new(()),
             deleted: AtomicBool::new(false),
@@ -159,6 +173,33 @@ impl RocksVb {
         *lock(&self.published) = header;
     }
 
+    /// Every local document of the revision, by name.
+    fn read_locals(&self) -> StoreResult<BTreeMap<String, Bytes>> {
+        let db = &*self.shared.db;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_range(self.prefix.to_vec()..self.end.clone());
+        let mut it = db.raw_iterator_cf_opt(cf(db, Cf::Local)?, ro);
+        it.seek(self.prefix);
+        let mut out = BTreeMap::new();
+        while let Some((k, v)) = it.item() {
+            let suffix = k.get(self.prefix.len()..).unwrap_or_default();
+            let name = std::str::from_utf8(suffix).map_err(|e| {
+                self.corrupt(
+                    Cf::Local,
+                    k,
+                    Malformed {
+                        what: "local document name",
+                        detail: e.to_string(),
+                    },
+                )
+            })?;
+            out.insert(name.to_owned(), Bytes::copy_from_slice(v));
+            it.next();
+        }
+        it.status().map_err(backend)?;
+        Ok(out)
+    }
+
     fn decode_current(
         &self,
         key: &DiskKey,
@@ -212,6 +253,8 @@ impl RocksVb {
         wb.put_cf(cf(db, Cf::Meta)?, self.prefix, header.encode());
         self.write(wb)?;
         self.publish(w, header);
+        w.rollbacks += 1;
+        w.locals = Some(BTreeMap::new());
         tracing::info!(vbid = %self.vbid, revision = %self.revision,
             discarded = discarded.len(), "rolled back to zero");
         Ok(RollbackResult {
@@ -232,78 +275,109 @@ impl VbStore for RocksVb {
     }
 
     fn commit(&self, batch: CommitBatch) -> StoreResult<CommitInfo> {
+        self.commit_with_priors(batch, Vec::new())
+    }
+
+    fn commit_with_priors(
+        &self,
+        batch: CommitBatch,
+        priors: Vec<Prior>,
+    ) -> StoreResult<CommitInfo> {
         self.check()?;
         let mut w = self.lock_writer();
         self.check()?;
         let before = w.header;
         if batch.is_empty() {
+            check_priors(self.vbid, &batch.items, &priors)?;
             return Ok(CommitInfo {
                 high_seqno: Seqno(before.high),
                 items: 0,
                 bytes_written: 0,
             });
         }
-        let prepared = prepare(self.vbid, Seqno(before.high), batch)?;
+        let (prepared, priors) = prepare_by_seqno(self.vbid, Seqno(before.high), batch, priors)?;
         let db = &*self.shared.db;
         let (bykey, byseqno) = (cf(db, Cf::ByKey)?, cf(db, Cf::BySeqno)?);
         let mut header = before;
         let mut undo = (self.shared.window > 0).then(|| UndoBuilder::new(&before));
         let mut wb = WriteBatch::default();
 
-        // The current version of every key: its by-seqno entry goes, and it
-        // is what the undo record keeps. Items are sorted by key, and so are
-        // their prefixed keys.
+        // Items come in seqno order. Only the items whose prior is unknown
+        // are read, in one multi-get: the previous version is what the
+        // counts take out and what the undo record keeps.
         let keys = KeyBuf::new(
             &self.prefix,
             prepared.items.iter().map(|d| d.key.as_bytes()),
         );
-        let olds = db.batched_multi_get_cf(bykey, keys.iter(), true);
+        let unknown = |i: usize| priors.get(i).is_none_or(|p| *p == Prior::Unknown);
+        let lookups: Vec<usize> = (0..prepared.items.len()).filter(|&i| unknown(i)).collect();
+        let mut looked_up = if lookups.is_empty() {
+            Vec::new()
+        } else {
+            db.batched_multi_get_cf(bykey, lookups.iter().map(|&i| keys.get(i)), false)
+        }
+        .into_iter();
         let mut value = Vec::with_capacity(256);
-        for ((doc, key), old) in prepared.items.iter().zip(keys.iter()).zip(olds) {
-            if let Some(old) = old.map_err(backend)? {
-                let (meta, _) = decode_meta(&old).map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
-                wb.delete_cf(byseqno, num_key(&self.prefix, meta.seqno.0));
-                header.account(
-                    meta.deleted.is_some(),
-                    body_size(doc.key.len(), old.len()),
-                    false,
-                );
-                if let Some(u) = undo.as_mut() {
-                    u.doc(doc.key.as_bytes(), &old);
+        for (i, doc) in prepared.items.iter().enumerate() {
+            let key = keys.get(i);
+            match priors.get(i) {
+                Some(Prior::Absent) => {}
+                Some(Prior::Present(old)) => {
+                    header.account(old.is_deleted(), old.body_size(), false);
+                    if let Some(u) = undo.as_mut() {
+                        u.doc_version(old);
+                    }
+                }
+                Some(Prior::Unknown) | None => {
+                    let old = match looked_up.next() {
+                        Some(r) => r.map_err(backend)?,
+                        None => None,
+                    };
+                    if let Some(old) = old {
+                        let (meta, old_value) =
+                            decode_meta(&old).map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
+                        header.account(
+                            meta.deleted.is_some(),
+                            body_size(doc.key.len(), old_value),
+                            false,
+                        );
+                        if let Some(u) = undo.as_mut() {
+                            u.doc(doc.key.as_bytes(), &old);
+                        }
+                    }
                 }
             }
             value.clear();
             encode_doc(doc, &mut value);
             wb.put_cf(bykey, key, &value);
-            wb.put_cf(
-                byseqno,
-                num_key(&self.prefix, doc.meta.seqno.0),
-                doc.key.as_bytes(),
-            );
             header.account(doc.is_deleted(), doc.body_size(), true);
+        }
+
+        // The by-seqno index: one record per commit (per SEQ_RECORD_MAX
+        // items). The entries of overwritten versions stay where they are;
+        // scans skip them (see the crate docs).
+        let mut record = SeqRecordBuilder::new(prepared.items.len().min(SEQ_RECORD_MAX));
+        for d in &prepared.items {
+            record.push(d.meta.seqno.0, d.key.as_bytes(), d.is_deleted());
+            if record.len() == SEQ_RECORD_MAX {
+                wb.put_cf(byseqno, num_key(&self.prefix, record.last()), record.take());
+            }
+        }
+        if record.len() > 0 {
+            wb.put_cf(byseqno, num_key(&self.prefix, record.last()), record.take());
         }
 
         if !prepared.local.is_empty() {
             let local = cf(db, Cf::Local)?;
-            let keys: Vec<Vec<u8>> = prepared
-                .local
-                .iter()
-                .map(|(name, _)| data_key(&self.prefix, name.as_bytes()))
-                .collect();
-            let olds = if undo.is_some() {
-                db.batched_multi_get_cf(local, keys.iter(), true)
-            } else {
-                Vec::new()
-            };
-            for (i, ((name, value), key)) in prepared.local.iter().zip(&keys).enumerate() {
+            if undo.is_some() && w.locals.is_none() {
+                w.locals = Some(self.read_locals()?);
+            }
+            for (name, value) in &prepared.local {
                 if let Some(u) = undo.as_mut() {
-                    let old = match olds.get(i) {
-                        Some(Ok(old)) => old.as_deref(),
-                        Some(Err(e)) => return Err(backend(e.clone())),
-                        None => None,
-                    };
-                    u.local(name, old);
+                    let old = w.locals.as_ref().and_then(|l| l.get(name));
+                    u.local(name, old.map(|b| &b[..]));
                 }
+                let key = data_key(&self.prefix, name.as_bytes());
                 match value {
                     Some(v) => wb.put_cf(local, key, v),
                     None => wb.delete_cf(local, key),
@@ -331,6 +405,14 @@ impl VbStore for RocksVb {
         let bytes_written = wb.size_in_bytes() as u64;
         self.write(wb)?;
         self.publish(&mut w, header);
+        if let Some(cached) = w.locals.as_mut() {
+            for (name, value) in prepared.local {
+                match value {
+                    Some(v) => cached.insert(name, v),
+                    None => cached.remove(&name),
+                };
+            }
+        }
         Ok(CommitInfo {
             high_seqno: Seqno(header.high),
             items: prepared.items.len(),
@@ -471,9 +553,9 @@ impl VbStore for RocksVb {
         }
         let target = header.high;
 
-        // Every key whose current version is newer than the target was
-        // touched by an undone commit: the by-seqno index lists them all,
-        // including keys the undone commits created.
+        // Every key an undone commit wrote is in the by-seqno records above
+        // the target (one or more per undone commit), including keys the
+        // undone commits created.
         let mut touched: BTreeSet<DiskKey> = docs.keys().cloned().collect();
         let mut ro = ReadOptions::default();
         let from = num_key(&self.prefix, target.saturating_add(1));
@@ -481,7 +563,16 @@ impl VbStore for RocksVb {
         let mut it = db.raw_iterator_cf_opt(byseqno, ro);
         it.seek(from);
         while let Some((k, v)) = it.item() {
-            touched.insert(disk_key(v).map_err(|m| self.corrupt(Cf::BySeqno, k, m))?);
+            let bad = |m| self.corrupt(Cf::BySeqno, k, m);
+            let at = parse_num_key(k).ok_or_else(|| {
+                bad(Malformed {
+                    what: "by-seqno key",
+                    detail: format!("{} bytes", k.len()),
+                })
+            })?;
+            for e in decode_seq_record(v, at).map_err(bad)? {
+                touched.insert(disk_key(e.key).map_err(bad)?);
+            }
             it.next();
         }
         it.status().map_err(backend)?;
@@ -507,39 +598,36 @@ impl VbStore for RocksVb {
             // commit that had no earlier version to restore.
             let restored = match restored {
                 Some(raw) => {
-                    let (meta, _) =
+                    let (meta, value) =
                         decode_meta(raw).map_err(|m| self.corrupt(Cf::ByKey, raw_key, m))?;
-                    (meta.seqno.0 <= target).then_some((raw, meta))
+                    let body = body_size(key.len(), value);
+                    (meta.seqno.0 <= target).then_some((raw, meta, body))
                 }
                 None => None,
             };
-            if cur == restored.map(|(raw, _)| raw) {
+            if cur == restored.map(|(raw, _, _)| raw) {
                 continue;
             }
             discarded.push(key.clone());
             if let Some(cur) = cur {
-                let (meta, _) =
+                let (meta, value) =
                     decode_meta(cur).map_err(|m| self.corrupt(Cf::ByKey, raw_key, m))?;
-                wb.delete_cf(byseqno, num_key(&self.prefix, meta.seqno.0));
-                counts.account(
-                    meta.deleted.is_some(),
-                    body_size(key.len(), cur.len()),
-                    false,
-                );
+                counts.account(meta.deleted.is_some(), body_size(key.len(), value), false);
             }
+            // A restored version's by-seqno entry is still in its record
+            // (entries of overwritten versions are only removed by a
+            // compaction, which also ends the history), so restoring the
+            // document makes the entry current again.
             match restored {
-                Some((raw, meta)) => {
+                Some((raw, meta, body)) => {
                     wb.put_cf(bykey, raw_key, raw);
-                    wb.put_cf(byseqno, num_key(&self.prefix, meta.seqno.0), key.as_bytes());
-                    counts.account(
-                        meta.deleted.is_some(),
-                        body_size(key.len(), raw.len()),
-                        true,
-                    );
+                    counts.account(meta.deleted.is_some(), body, true);
                 }
                 None => wb.delete_cf(bykey, raw_key),
             }
         }
+        // The records of the undone commits.
+        wb.delete_range_cf(byseqno, &from[..], &self.end[..]);
         let local_cf = cf(db, Cf::Local)?;
         for (name, value) in &locals {
             let key = data_key(&self.prefix, name.as_bytes());
@@ -571,6 +659,10 @@ impl VbStore for RocksVb {
         wb.put_cf(cf(db, Cf::Meta)?, self.prefix, restored.encode());
         self.write(wb)?;
         self.publish(&mut w, restored);
+        w.rollbacks += 1;
+        if !locals.is_empty() {
+            w.locals = None;
+        }
         tracing::debug!(vbid = %self.vbid, revision = %self.revision, from = current.high,
             to = target, discarded = discarded.len(), "rolled back");
         Ok(RollbackResult {
@@ -597,9 +689,13 @@ impl VbStore for RocksVb {
             return Err(backend(e));
         }
         let bytes_before = self.disk_estimate(true)?;
+        let rollbacks_before = self.lock_writer().rollbacks;
 
-        // Find candidates under a snapshot, without blocking writers.
+        // Find candidates under a snapshot, without blocking writers, and
+        // the by-seqno records to rewrite without their stale entries.
         let mut candidates = Vec::new();
+        let mut rewrites: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut stale_entries = 0u64;
         {
             let snap = db.snapshot();
             let high = match snap
@@ -624,6 +720,7 @@ impl VbStore for RocksVb {
             let mut it = snap.raw_iterator_cf_opt(cf(db, Cf::ByKey)?, ro);
             it.seek(self.prefix);
             let mut seen = 0usize;
+            let mut live: Vec<u64> = Vec::new();
             while let Some((k, v)) = it.item() {
                 seen += 1;
                 if seen.is_multiple_of(CANCEL_CHECK_EVERY) && config.is_cancelled() {
@@ -637,6 +734,53 @@ impl VbStore for RocksVb {
                         seqno: doc.meta.seqno,
                         key: doc.key,
                     });
+                } else {
+                    live.push(doc.meta.seqno.0);
+                }
+                it.next();
+            }
+            it.status().map_err(backend)?;
+            drop(it);
+
+            // An entry is stale when its seqno is no longer any document's:
+            // the key was overwritten, or its version is about to be purged
+            // (a candidate that a commit overwrites meanwhile is stale too).
+            live.sort_unstable();
+            let mut ro = ReadOptions::default();
+            let upper = match high.checked_add(1) {
+                Some(h) => num_key(&self.prefix, h).to_vec(),
+                None => self.end.clone(),
+            };
+            ro.set_iterate_range(self.prefix.to_vec()..upper);
+            ro.fill_cache(false);
+            let mut it = snap.raw_iterator_cf_opt(cf(db, Cf::BySeqno)?, ro);
+            it.seek(self.prefix);
+            let mut record = SeqRecordBuilder::new(SEQ_RECORD_MAX);
+            while let Some((k, v)) = it.item() {
+                seen += 1;
+                if seen.is_multiple_of(CANCEL_CHECK_EVERY) && config.is_cancelled() {
+                    return Err(StoreError::Cancelled);
+                }
+                let bad = |m| self.corrupt(Cf::BySeqno, k, m);
+                let at = parse_num_key(k).ok_or_else(|| {
+                    bad(Malformed {
+                        what: "by-seqno key",
+                        detail: format!("{} bytes", k.len()),
+                    })
+                })?;
+                let entries = decode_seq_record(v, at).map_err(bad)?;
+                let before = entries.len();
+                for e in entries {
+                    if live.binary_search(&e.seqno).is_ok() {
+                        record.push(e.seqno, e.key, e.deleted);
+                    }
+                }
+                if record.len() < before {
+                    stale_entries += (before - record.len()) as u64;
+                    let kept = (record.len() > 0).then(|| record.take());
+                    rewrites.push((k.to_vec(), kept));
+                } else {
+                    record.take();
                 }
                 it.next();
             }
@@ -667,8 +811,13 @@ impl VbStore for RocksVb {
             let Some(cur) = cur.map_err(backend)? else {
                 continue;
             };
-            let doc = decode_doc(cand.key.clone(), &cur, false)
-                .map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
+            let (meta, value) = decode_meta(&cur).map_err(|m| self.corrupt(Cf::ByKey, key, m))?;
+            let body = body_size(cand.key.len(), value);
+            let doc = Document {
+                key: cand.key.clone(),
+                meta,
+                value: Bytes::new(),
+            };
             if doc.meta.seqno != cand.seqno {
                 continue;
             }
@@ -681,8 +830,19 @@ impl VbStore for RocksVb {
                 continue;
             }
             wb.delete_cf(bykey, key);
-            wb.delete_cf(byseqno, num_key(&self.prefix, doc.meta.seqno.0));
-            header.account(doc.is_deleted(), body_size(doc.key.len(), cur.len()), false);
+            header.account(doc.is_deleted(), body, false);
+        }
+        // A rollback since the snapshot may have made stale entries current
+        // again; they wait for the next compaction then.
+        if w.rollbacks == rollbacks_before {
+            for (key, record) in &rewrites {
+                match record {
+                    Some(r) => wb.put_cf(byseqno, key, r),
+                    None => wb.delete_cf(byseqno, key),
+                }
+            }
+        } else {
+            stale_entries = 0;
         }
         // Compaction ends the rollback history, as compacting a couchfile
         // drops its old headers.
@@ -708,7 +868,7 @@ impl VbStore for RocksVb {
         }
         let bytes_after = self.disk_estimate(true)?;
         tracing::debug!(vbid = %self.vbid, revision = %self.revision, tombstones,
-            collection_items, bytes_before, bytes_after, "compacted");
+            collection_items, stale_entries, bytes_before, bytes_after, "compacted");
         Ok(CompactionResult {
             bytes_before,
             bytes_after,

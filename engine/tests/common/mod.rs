@@ -290,3 +290,18 @@ impl kvstore_core::VbStore for FaultyVb {
         self.inner.info()
     }
 }
+
+/// Copies a directory tree (not the lock file).
+#[allow(dead_code)]
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_tree(&e.path(), &dest);
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}

@@ -1,15 +1,18 @@
 //! Named conformance cases, one or more per numbered item of DESIGN §4.
 
 use super::{Harness, StoreFactory, all_by_key, doc, key, key_in, scan_seqnos, seqnos, tomb};
+use crate::doc::Document;
 use crate::doc::{LocalOp, VbState, VbucketState};
 use crate::error::StoreError;
+use crate::key::DiskKey;
 use crate::store::{
-    CancelToken, CommitBatch, CompactionConfig, DroppedCollection, KeyRange, ScanControl,
+    CancelToken, CommitBatch, CompactionConfig, DroppedCollection, KeyRange, Prior, ScanControl,
     ScanOptions, ScanStatus, VbStore,
 };
 use crate::sync::Arc;
 use crate::types::{Cas, CollectionId, Seqno, Vbid};
 use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn commit(vb: &dyn VbStore, batch: CommitBatch) {
     vb.commit(batch).expect("commit");
@@ -255,6 +258,358 @@ pub fn c2_tombstones_stay_until_compaction(f: &dyn StoreFactory) {
     .unwrap();
     assert!(vb.get(&a).unwrap().is_none());
     assert_eq!(vb.info().unwrap().deleted_items, 0);
+}
+
+/// The exact prior of every item of `batch` in a store holding `state`.
+fn priors_from(state: &BTreeMap<DiskKey, Document>, batch: &CommitBatch) -> Vec<Prior> {
+    batch
+        .items
+        .iter()
+        .map(|d| Prior::from_read(state.get(&d.key).cloned()))
+        .collect()
+}
+
+/// Applies a committed batch to a model of the documents.
+fn apply_items(state: &mut BTreeMap<DiskKey, Document>, batch: &CommitBatch) {
+    let mut items: Vec<&Document> = batch.items.iter().collect();
+    items.sort_by_key(|d| d.meta.seqno);
+    for d in items {
+        state.insert(d.key.clone(), d.clone());
+    }
+}
+
+/// What a by-seqno scan of `[start, end]` must deliver from `state`.
+fn expected_scan(
+    state: &BTreeMap<DiskKey, Document>,
+    start: u64,
+    end: u64,
+    include_deleted: bool,
+) -> Vec<Document> {
+    let mut want: Vec<Document> = state
+        .values()
+        .filter(|d| (start..=end).contains(&d.meta.seqno.0))
+        .filter(|d| include_deleted || !d.is_deleted())
+        .cloned()
+        .collect();
+    want.sort_by_key(|d| d.meta.seqno);
+    want
+}
+
+/// A whole by-seqno scan that yields after every `every` documents and is
+/// resumed until done.
+fn scan_resumed(vb: &dyn VbStore, every: usize) -> Vec<Document> {
+    let mut scan = vb
+        .seqno_scan(
+            Seqno(0),
+            Seqno(u64::MAX),
+            ScanOptions {
+                include_deleted: true,
+                ..ScanOptions::default()
+            },
+        )
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..100_000 {
+        let mut n = 0;
+        let st = scan
+            .run(&mut |d| {
+                got.push(d);
+                n += 1;
+                if n == every {
+                    ScanControl::Yield
+                } else {
+                    ScanControl::Continue
+                }
+            })
+            .unwrap();
+        if st == ScanStatus::Done {
+            return got;
+        }
+    }
+    panic!("a resumed scan does not finish");
+}
+
+/// §4.2, §4.3: after many updates of the same keys (batches of one, a few
+/// and all of them; tombstones and re-creations; a key twice in a batch;
+/// half the commits with exact priors, half without), every by-seqno scan,
+/// whole, partial or resumed, delivers one entry per key, its newest
+/// version; a scan pinned halfway still delivers its own snapshot; the
+/// counts are exact.
+pub fn c2_scans_after_many_updates(f: &dyn StoreFactory) {
+    let h = Harness::new(f);
+    let vb = h.store().create(Vbid(0)).unwrap();
+    let keys: Vec<DiskKey> = (0..40).map(|i| key(&format!("hot{i:02}"))).collect();
+    let mut state: BTreeMap<DiskKey, Document> = BTreeMap::new();
+    let mut seqno = 0u64;
+    let mut commits = 0u64;
+    let mut pinned = None;
+    for round in 0..30u64 {
+        let touched: Vec<&DiskKey> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(*i as u64 + round).is_multiple_of(3) || round.is_multiple_of(5))
+            .map(|(_, k)| k)
+            .collect();
+        let per_commit = match round % 4 {
+            0 => 1,
+            1 => 7,
+            2 => touched.len(),
+            _ => 3,
+        };
+        for chunk in touched.chunks(per_commit) {
+            let mut batch = CommitBatch::new();
+            for k in chunk {
+                seqno += 1;
+                batch = batch.item(if seqno.is_multiple_of(11) {
+                    tomb(k, seqno, 1)
+                } else {
+                    doc(k, seqno, &format!("{k}@{seqno}"))
+                });
+            }
+            if round % 6 == 2 {
+                seqno += 1;
+                batch = batch.item(doc(chunk[0], seqno, &format!("again@{seqno}")));
+            }
+            commits += 1;
+            if commits.is_multiple_of(2) {
+                let priors = priors_from(&state, &batch);
+                vb.commit_with_priors(batch.clone(), priors).unwrap();
+            } else {
+                commit(&*vb, batch.clone());
+            }
+            apply_items(&mut state, &batch);
+        }
+        if round == 14 {
+            let scan = vb
+                .seqno_scan(
+                    Seqno(0),
+                    Seqno(u64::MAX),
+                    ScanOptions {
+                        include_deleted: true,
+                        ..ScanOptions::default()
+                    },
+                )
+                .unwrap();
+            pinned = Some((state.clone(), scan));
+        }
+    }
+
+    let all = scan_seqnos(&*vb, 0, u64::MAX, true);
+    let distinct: BTreeSet<&DiskKey> = all.iter().map(|d| &d.key).collect();
+    assert_eq!(distinct.len(), all.len(), "one by-seqno entry per key");
+    assert_eq!(all.len(), keys.len());
+    assert_eq!(all, expected_scan(&state, 0, u64::MAX, true));
+    assert_eq!(
+        scan_seqnos(&*vb, 0, u64::MAX, false),
+        expected_scan(&state, 0, u64::MAX, false)
+    );
+    for (start, end) in [
+        (1, seqno / 2),
+        (seqno / 3, 2 * seqno / 3),
+        (seqno - 20, seqno),
+        (seqno, seqno),
+        (seqno + 1, u64::MAX),
+    ] {
+        assert_eq!(
+            scan_seqnos(&*vb, start, end, true),
+            expected_scan(&state, start, end, true),
+            "scan of [{start}, {end}]"
+        );
+    }
+    for every in [1, 3] {
+        assert_eq!(scan_resumed(&*vb, every), all, "yielding every {every}");
+    }
+    let info = vb.info().unwrap();
+    let live = state.values().filter(|d| !d.is_deleted()).count() as u64;
+    assert_eq!(
+        (info.live_items, info.deleted_items),
+        (live, keys.len() as u64 - live)
+    );
+    assert_eq!(
+        info.data_bytes,
+        state.values().map(Document::body_size).sum::<u64>()
+    );
+    assert_eq!(info.high_seqno, Seqno(seqno));
+
+    let (then, mut scan) = pinned.expect("pinned halfway");
+    let mut got = Vec::new();
+    let st = scan
+        .run(&mut |d| {
+            got.push(d);
+            ScanControl::Continue
+        })
+        .unwrap();
+    assert_eq!(st, ScanStatus::Done);
+    assert_eq!(got, expected_scan(&then, 0, u64::MAX, true), "pinned scan");
+}
+
+/// Everything a caller can observe of `vb`, for comparing two stores that
+/// took the same commits (file sizes aside).
+#[derive(Debug, PartialEq)]
+struct Observed {
+    by_key: Vec<Document>,
+    by_seqno: Vec<Document>,
+    live_by_seqno: Vec<Document>,
+    local: Vec<(String, Bytes)>,
+    vbstate: Option<VbucketState>,
+    counts: (Seqno, Seqno, u64, u64, u64),
+}
+
+fn observe(vb: &dyn VbStore) -> Observed {
+    let info = vb.info().unwrap();
+    Observed {
+        by_key: all_by_key(vb),
+        by_seqno: scan_seqnos(vb, 0, u64::MAX, true),
+        live_by_seqno: scan_seqnos(vb, 0, u64::MAX, false),
+        local: vb.list_local().unwrap(),
+        vbstate: vb.vbstate().unwrap(),
+        counts: (
+            info.high_seqno,
+            info.purge_seqno,
+            info.live_items,
+            info.deleted_items,
+            info.data_bytes,
+        ),
+    }
+}
+
+/// Batch `b` of [`c2_priors_give_the_same_results`]: sets, updates,
+/// tombstones and re-creations over 30 keys, now and then a key twice, a
+/// local document and the vbucket state; seqnos continue from `seqno`.
+fn mixed_batch(b: u64, seqno: &mut u64) -> CommitBatch {
+    let mut batch = CommitBatch::new();
+    let n = 1 + (b * 7) % 12;
+    for j in 0..n {
+        *seqno += 1;
+        let k = key(&format!("k{:02}", (b * 5 + j * 3) % 30));
+        batch = batch.item(if (b + j) % 5 == 4 {
+            tomb(&k, *seqno, 1)
+        } else {
+            doc(&k, *seqno, &"v".repeat(((b + j) % 9) as usize))
+        });
+    }
+    if b % 4 == 1 {
+        *seqno += 1;
+        batch = batch.item(doc(&key(&format!("k{:02}", (b * 5) % 30)), *seqno, "dup"));
+    }
+    if b.is_multiple_of(3) {
+        batch = batch.local(local_set("_local/m", &format!("m{b}")));
+    }
+    if b % 7 == 3 {
+        batch = batch.local(LocalOp::Delete {
+            name: "_local/m".into(),
+        });
+    }
+    if b.is_multiple_of(2) {
+        batch = batch.vbstate(vbstate(VbState::Active, b));
+    }
+    batch
+}
+
+/// §4.2: commits with exact priors ([`VbStore::commit_with_priors`]) leave
+/// everything a caller can observe as commits without them do: reads,
+/// scans, counts, local documents, what a rollback restores and reports,
+/// compaction, and all of it after a reopen.
+pub fn c2_priors_give_the_same_results(f: &dyn StoreFactory) {
+    let mut h = Harness::new(f);
+    let plain = h.store().create(Vbid(0)).unwrap();
+    let hinted = h.store().create(Vbid(1)).unwrap();
+    let mut state: BTreeMap<DiskKey, Document> = BTreeMap::new();
+    let mut seqno = 0u64;
+    let mut highs = Vec::new();
+    let run = |from: u64,
+               to: u64,
+               state: &mut BTreeMap<DiskKey, Document>,
+               seqno: &mut u64,
+               highs: &mut Vec<Seqno>| {
+        for b in from..to {
+            let batch = mixed_batch(b, seqno);
+            let priors = priors_from(state, &batch);
+            let a = plain.commit(batch.clone()).unwrap();
+            let c = hinted.commit_with_priors(batch.clone(), priors).unwrap();
+            assert_eq!(
+                (a.high_seqno, a.items),
+                (c.high_seqno, c.items),
+                "batch {b}"
+            );
+            apply_items(state, &batch);
+            assert_eq!(observe(&*plain), observe(&*hinted), "after batch {b}");
+            highs.push(a.high_seqno);
+        }
+    };
+    run(0, 24, &mut state, &mut seqno, &mut highs);
+
+    // Roll both back 1 commit, go on, then roll back 3 commits, all made
+    // since the first rollback (a rollback point is as far back as some
+    // backends keep history: couchfile's window starts there).
+    let window = f.exact_rollback_window();
+    let mut next = 24;
+    for back in [1usize, 3] {
+        let target = highs[highs.len() - 1 - back];
+        let a = plain.rollback(target).unwrap();
+        let c = hinted.rollback(target).unwrap();
+        let as_set =
+            |r: &crate::RollbackResult| r.discarded.iter().cloned().collect::<BTreeSet<_>>();
+        assert_eq!((a.high_seqno, a.to_zero), (c.high_seqno, c.to_zero));
+        assert_eq!(
+            as_set(&a),
+            as_set(&c),
+            "rollback to {target} reports the same keys"
+        );
+        if back < window {
+            assert!(
+                !a.to_zero && a.high_seqno == target,
+                "inside the window: to {target}, got {} (to zero: {})",
+                a.high_seqno,
+                a.to_zero
+            );
+        }
+        assert_eq!(
+            observe(&*plain),
+            observe(&*hinted),
+            "after rollback to {target}"
+        );
+        highs.truncate(highs.len() - back);
+        // Go on from the rolled-back state, with priors that describe it.
+        state = all_by_key(&*plain)
+            .into_iter()
+            .map(|d| (d.key.clone(), d))
+            .collect();
+        seqno = plain.info().unwrap().high_seqno.0;
+        run(next, next + 8, &mut state, &mut seqno, &mut highs);
+        next += 8;
+    }
+
+    let cfg = CompactionConfig {
+        drop_deletes: true,
+        ..CompactionConfig::default()
+    };
+    let a = plain.compact(&cfg).unwrap();
+    let c = hinted.compact(&cfg).unwrap();
+    assert_eq!(
+        (a.tombstones_purged, a.purge_seqno),
+        (c.tombstones_purged, c.purge_seqno)
+    );
+    assert_eq!(observe(&*plain), observe(&*hinted), "after compaction");
+    state = all_by_key(&*plain)
+        .into_iter()
+        .map(|d| (d.key.clone(), d))
+        .collect();
+    run(40, 48, &mut state, &mut seqno, &mut highs);
+
+    let revs = (plain.revision(), hinted.revision());
+    let before = observe(&*plain);
+    drop((plain, hinted));
+    h.reopen();
+    let plain = h.store().open(Vbid(0), revs.0).unwrap();
+    let hinted = h.store().open(Vbid(1), revs.1).unwrap();
+    assert_eq!(observe(&*plain), before, "after reopen");
+    assert_eq!(observe(&*hinted), before, "after reopen, with priors");
+    let target = highs[highs.len() - 3];
+    let a = plain.rollback(target).unwrap();
+    let c = hinted.rollback(target).unwrap();
+    assert_eq!((a.high_seqno, a.to_zero), (c.high_seqno, c.to_zero));
+    assert_eq!(observe(&*plain), observe(&*hinted), "rollback after reopen");
 }
 
 /// §4.3: get returns tombstones, flagged as such, and `None` for absent keys.
@@ -1346,6 +1701,49 @@ pub fn c7_failed_sync_poisons_until_reopen(f: &dyn StoreFactory) {
         &*vb,
         CommitBatch::new().item(doc(&key("e"), high.0 + 1, "e")),
     );
+}
+
+/// §4.7: priors that cannot be right (a count other than zero or one per
+/// item, a version of another key, a seqno not below the item's) make the
+/// whole batch fail with `InvalidBatch` and change nothing.
+pub fn c7_impossible_priors_are_typed_errors(f: &dyn StoreFactory) {
+    let h = Harness::new(f);
+    let vb = h.store().create(Vbid(0)).unwrap();
+    let a = key("a");
+    commit(&*vb, CommitBatch::new().item(doc(&a, 1, "a1")));
+    let batch = || {
+        CommitBatch::new()
+            .item(doc(&a, 2, "a2"))
+            .item(doc(&key("b"), 3, "b"))
+            .local(local_set("_local/x", "x"))
+    };
+    let stored = vb.get(&a).unwrap().unwrap();
+    for priors in [
+        vec![Prior::Present(stored.clone())],
+        vec![Prior::Present(stored.clone()), Prior::Absent, Prior::Absent],
+        vec![
+            Prior::Present(stored.clone()),
+            Prior::Present(stored.clone()),
+        ],
+        vec![Prior::Present(doc(&a, 2, "a2")), Prior::Absent],
+    ] {
+        let err = vb.commit_with_priors(batch(), priors.clone()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidBatch { .. }),
+            "{priors:?}: {err}"
+        );
+    }
+    assert_eq!(vb.get(&a).unwrap().unwrap(), stored);
+    assert!(vb.get(&key("b")).unwrap().is_none());
+    assert!(vb.get_local("_local/x").unwrap().is_none());
+    assert_eq!(vb.info().unwrap().high_seqno, Seqno(1));
+    // The right priors, and none, still commit.
+    vb.commit_with_priors(batch(), vec![Prior::Present(stored), Prior::Absent])
+        .unwrap();
+    assert_eq!(vb.info().unwrap().high_seqno, Seqno(3));
+    vb.commit_with_priors(CommitBatch::new().item(doc(&key("c"), 4, "c")), Vec::new())
+        .unwrap();
+    assert_eq!(vb.info().unwrap().live_items, 3);
 }
 
 /// §4.7: bad calls give typed errors, never panics.

@@ -200,6 +200,8 @@ macro_rules! conformance_tests {
             c2_update_replaces_seqno_entry,
             c2_duplicate_key_keeps_highest_seqno,
             c2_tombstones_stay_until_compaction,
+            c2_scans_after_many_updates,
+            c2_priors_give_the_same_results,
             c3_get_flags_tombstones,
             c3_get_many_keeps_order,
             c3_key_range_is_half_open,
@@ -236,6 +238,7 @@ macro_rules! conformance_tests {
             c6_marked_deleted_stays_usable_but_never_comes_back,
             c7_failed_sync_poisons_until_reopen,
             c7_bad_input_is_typed_error,
+            c7_impossible_priors_are_typed_errors,
         );
         #[test]
         fn model_random_operations() {

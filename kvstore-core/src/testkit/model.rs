@@ -6,7 +6,7 @@ use super::{Harness, StoreFactory};
 use crate::doc::{Document, LocalOp};
 use crate::key::DiskKey;
 use crate::store::{
-    CommitBatch, CompactionConfig, KeyRange, ScanControl, ScanOptions, ScanStatus, VbStore,
+    CommitBatch, CompactionConfig, KeyRange, Prior, ScanControl, ScanOptions, ScanStatus, VbStore,
 };
 use crate::sync::Arc;
 use crate::types::{CollectionId, Revision, Seqno, Vbid};
@@ -46,7 +46,11 @@ pub enum Op {
         delete: bool,
     },
     /// Commit what is staged.
-    Commit,
+    Commit {
+        /// Pass the exact prior of every item (from the model), as a caller
+        /// that reads before it writes would.
+        hinted: bool,
+    },
     /// Drop everything and reopen the backend.
     Reopen,
     /// Scan a by-seqno range with yields.
@@ -79,7 +83,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(key, coll, size)| Op::Set { key, coll, size }),
         3 => (0u8..24, any::<bool>()).prop_map(|(key, coll)| Op::Delete { key, coll }),
         1 => (0u8..4, any::<bool>()).prop_map(|(name, delete)| Op::Local { name, delete }),
-        5 => Just(Op::Commit),
+        5 => any::<bool>().prop_map(|hinted| Op::Commit { hinted }),
         1 => Just(Op::Reopen),
         2 => (0u8..30, 1u8..6).prop_map(|(back, every)| Op::Scan { back, every }),
         1 => any::<bool>().prop_map(|compact| Op::ScanAcross { compact }),
@@ -127,6 +131,16 @@ impl Model {
             local: std::mem::take(&mut self.staged_local),
             vbstate: None,
         }
+    }
+
+    /// The exact prior of every item of `batch`: the committed version of
+    /// its key (the store's state before the batch).
+    fn priors(&self, batch: &CommitBatch) -> Vec<Prior> {
+        batch
+            .items
+            .iter()
+            .map(|d| Prior::from_read(self.state.docs.get(&d.key).cloned()))
+            .collect()
     }
 
     fn apply(&mut self, batch: &CommitBatch) {
@@ -242,6 +256,12 @@ fn compare(vb: &dyn VbStore, state: &State) -> Step {
         live,
         state.docs.len() as u64 - live
     );
+    let data_bytes: u64 = state.docs.values().map(Document::body_size).sum();
+    check!(
+        info.data_bytes == data_bytes,
+        "data bytes: store {}, model {data_bytes}",
+        info.data_bytes
+    );
     check!(
         info.high_seqno.0 == state.high,
         "high seqno: store {}, model {}",
@@ -280,9 +300,16 @@ impl Run<'_> {
         self.vb.as_deref().expect("vbucket is open")
     }
 
-    fn commit(&mut self) -> Step {
+    fn commit(&mut self, hinted: bool) -> Step {
         let batch = self.m.take_batch();
-        self.vb().commit(batch.clone()).map_err(err("commit"))?;
+        if hinted {
+            let priors = self.m.priors(&batch);
+            self.vb()
+                .commit_with_priors(batch.clone(), priors)
+                .map_err(err("commit with priors"))?;
+        } else {
+            self.vb().commit(batch.clone()).map_err(err("commit"))?;
+        }
         self.m.apply(&batch);
         Ok(())
     }
@@ -318,7 +345,7 @@ impl Run<'_> {
                     }
                 });
             }
-            Op::Commit => self.commit()?,
+            Op::Commit { hinted } => self.commit(hinted)?,
             Op::Reopen => {
                 let rev: Revision = self.vb().revision();
                 self.vb = None;
@@ -404,7 +431,7 @@ impl Run<'_> {
                         ScanControl::Yield
                     })
                     .map_err(err("scan run"))?;
-                self.commit()?;
+                self.commit(true)?;
                 if compact {
                     self.step(&Op::Compact { drop_deletes: true })?;
                 }
