@@ -3,27 +3,31 @@
 //! Each target is a function from bytes to nothing that panics when a
 //! property breaks. The nightly crate in `fuzz/` wraps each in
 //! `fuzz_target!` (one line per target) and `cargo xtask fuzz` runs them
-//! under libFuzzer; this crate's tests replay every seed and every saved
-//! crash input on stable, in the normal suite, so a fixed crash stays fixed
-//! without nightly.
+//! under libFuzzer; this crate's tests replay every seed
+//! (`fuzz/seeds/<target>/`) and every saved crash
+//! (`fuzz/regressions/<target>/`) on stable, in the normal suite, so a
+//! fixed crash stays fixed without nightly.
 //!
 //! | target | what it drives |
 //! | --- | --- |
 //! | `core_codecs` | kvstore-core: disk keys (LEB128 prefix), the vbucket-state document, deletion bytes, datatypes |
 //! | `manifest` | collections: the manifest parser and the successor rule, structure-aware, against a reference model of the rule |
 //! | `couchfile_decode` | every couchfile decoder on raw bytes: nodes, headers, segment tables, log items and records, block markers; round trips |
-//! | `couchfile_open` | a real store whose files are then damaged or given checksum-valid forged checkpoints and records, opened read-only and read-write, every tree walked, written, rolled back and compacted |
+//! | `couchfile_open` | a real revision directory, damaged, opened for inspection (every header, tree, segment and record) and as a store (reads, a commit, checkpoint, rollback, compaction) |
 //! | `ops` | a couchfile store and `MemStore` through the same random commits, reopens, crashes (torn writes, failed syncs), rollbacks, compactions and maintenance, compared after every step |
+//! | `kvserver_frames` | kvserver's binary request and response decoders, frame infos and the text parser, whole and in pieces |
 //!
-//! A target added later (the kvserver frame parser, a connection's state
-//! machine) is a module here, a line in [`TARGETS`], a file and a `[[bin]]`
-//! in `fuzz/`, and a seed folder `fuzz/seeds/<name>/`.
+//! A target added later (a connection's state machine, say) is a module
+//! here, a line in [`TARGETS`], a `[[bin]]` of one line in `fuzz/`, and
+//! seeds in [`seeds`].
 
 pub mod codecs;
 pub mod couchfile_decode;
 pub mod couchfile_open;
+pub mod kvserver_frames;
 pub mod manifest;
 pub mod ops;
+pub mod seeds;
 
 /// One fuzz target.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +59,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "ops",
         run: ops::run,
+    },
+    Target {
+        name: "kvserver_frames",
+        run: kvserver_frames::run,
     },
 ];
 
