@@ -235,10 +235,7 @@ pub fn run(data: &[u8]) {
 pub fn run_input(input: &Input) {
     let img = image(input.base);
     let files = damaged(img, &input.damage);
-    let root = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("no temporary directory: {e}"),
-    };
+    let root = crate::scratch_dir();
     let dir = root.path().join(&img.name);
     if let Err(e) = write_dir(&dir, &files) {
         panic!("writing the damaged directory: {e}");

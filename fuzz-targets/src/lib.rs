@@ -71,3 +71,28 @@ pub const TARGETS: &[Target] = &[
 pub fn target(name: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|t| t.name == name)
 }
+
+/// A scratch directory for one input: on tmpfs (`/dev/shm`) where there is
+/// one, so the stores' syncs cost nothing and the fuzzer runs many more
+/// inputs a second; the crash semantics the targets check do not depend on
+/// the medium.
+///
+/// # Panics
+/// When no temporary directory can be made (the machine is at fault, not
+/// the input).
+#[must_use]
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("vbstore-fuzz-")
+            .tempdir_in(shm)
+            .or_else(|_| tempfile::tempdir())
+    } else {
+        tempfile::tempdir()
+    };
+    match dir {
+        Ok(d) => d,
+        Err(e) => panic!("no temporary directory: {e}"),
+    }
+}

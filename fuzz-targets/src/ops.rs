@@ -164,10 +164,7 @@ pub fn run(data: &[u8]) {
 /// Runs one structured input; panics with the step and the difference when
 /// a property breaks.
 pub fn run_input(input: &Input) {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("no temporary directory: {e}"),
-    };
+    let dir = crate::scratch_dir();
     let mut h = Harness::new(dir.path(), input.profile);
     for (i, op) in input.ops.iter().take(MAX_OPS).enumerate() {
         if let Err(e) = h.step(op) {

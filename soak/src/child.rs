@@ -34,7 +34,7 @@ struct Colls {
     open: u32,
     /// Bumped at every drop or creation of a collection, so a worker knows
     /// its model entries of an older generation are void.
-    gen: [u64; COLLS as usize + 1],
+    generation: [u64; COLLS as usize + 1],
 }
 
 impl Colls {
@@ -103,7 +103,7 @@ pub fn run(cfg: ChildConfig) -> ! {
         colls: RwLock::new(Colls {
             uid: m.uid,
             open: open_bits(&m),
-            gen: [0; COLLS as usize + 1],
+            generation: [0; COLLS as usize + 1],
         }),
         engine,
         out: Mutex::new(std::io::stdout()),
@@ -211,7 +211,7 @@ impl<'s> Worker<'s> {
                         Ok(item) => value_op(&item.value),
                         Err(_) => None,
                     };
-                    w.model.insert((vb, c, k), (v, colls.gen[usize::from(c)]));
+                    w.model.insert((vb, c, k), (v, colls.generation[usize::from(c)]));
                 }
             }
         }
@@ -263,7 +263,7 @@ impl<'s> Worker<'s> {
         let colls = s.colls();
         for ((v, c, _), e) in &mut self.model {
             if *v == vb {
-                *e = (None, colls.gen[usize::from(*c)]);
+                *e = (None, colls.generation[usize::from(*c)]);
             }
         }
     }
@@ -272,10 +272,10 @@ impl<'s> Worker<'s> {
         let s = self.s;
         let colls = s.colls();
         let key = key(c, k);
-        let gen = colls.gen[usize::from(c)];
-        let entry = self.model.entry((vb, c, k)).or_insert((None, gen));
-        if entry.1 != gen {
-            *entry = (None, gen);
+        let generation = colls.generation[usize::from(c)];
+        let entry = self.model.entry((vb, c, k)).or_insert((None, generation));
+        if entry.1 != generation {
+            *entry = (None, generation);
         }
         let want = entry.0;
         if !colls.is_open(c) {
@@ -311,7 +311,7 @@ impl<'s> Worker<'s> {
             match s.engine.set(Vbid(vb), &key, value(i), opts) {
                 Ok(r) => {
                     s.say(&Line::Ack(self.t, op, r.seqno.0));
-                    self.model.insert((vb, c, k), (Some(i), gen));
+                    self.model.insert((vb, c, k), (Some(i), generation));
                 }
                 Err(e) => s.violation(format!("vb:{vb} c{c} key-{k}: set failed: {e}")),
             }
@@ -333,7 +333,7 @@ impl<'s> Worker<'s> {
                         ));
                     }
                     s.say(&Line::Ack(self.t, op, r.seqno.0));
-                    self.model.insert((vb, c, k), (None, gen));
+                    self.model.insert((vb, c, k), (None, generation));
                 }
                 Err(EngineError::KeyNotFound) => {
                     if want.is_some() {
@@ -386,7 +386,7 @@ fn collections(s: &Shared, t: u32, seed: u64) {
                 s.say(&Line::Ack(t, op, 0));
                 colls.uid = uid;
                 colls.open = open;
-                colls.gen[usize::from(c)] += 1;
+                colls.generation[usize::from(c)] += 1;
             }
             Err(e) => s.violation(format!("manifest {uid:#x} failed: {e}")),
         }

@@ -115,8 +115,6 @@ pub struct Model {
     uid: u64,
     open: u32,
     in_flight: HashMap<u32, Op>,
-    /// Operations acknowledged.
-    pub acked: u64,
     /// The highest operation number seen.
     pub last_op: u64,
 }
@@ -136,7 +134,6 @@ impl Model {
             uid: 0,
             open: 0,
             in_flight: HashMap::new(),
-            acked: 0,
             last_op: 0,
         }
     }
@@ -151,7 +148,6 @@ impl Model {
             Line::Ack(t, op, seqno) => {
                 self.note(op);
                 self.in_flight.remove(t);
-                self.acked += 1;
                 self.apply(op, *seqno);
             }
             _ => {}
