@@ -224,8 +224,7 @@ pub fn damaged(image: &Image, damage: &[Damage]) -> Vec<(String, Vec<u8>)> {
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
-    let mut u = Unstructured::new(data);
-    let Ok(input) = Input::arbitrary_take_rest(&mut u) else {
+    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
     run_input(&input);
@@ -324,4 +323,3 @@ fn open_and_use(root: &Path) {
     }
     let _ = store.close();
 }
-

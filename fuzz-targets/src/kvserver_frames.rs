@@ -86,7 +86,10 @@ fn request_events(data: &[u8], max: usize, incremental: bool) -> Vec<Event<Reque
                 Ok(Decoded::Incomplete(need)) => {
                     assert_eq!(buf.len(), before, "an incomplete frame takes nothing");
                     assert!(need > before, "asks for {need} bytes with {before} in hand");
-                    assert!(need <= HEADER_LEN + max, "asks for {need}, over the limit {max}");
+                    assert!(
+                        need <= HEADER_LEN + max,
+                        "asks for {need}, over the limit {max}"
+                    );
                     break;
                 }
                 Err(e) => {
@@ -103,7 +106,10 @@ fn request_events(data: &[u8], max: usize, incremental: bool) -> Vec<Event<Reque
 pub fn requests(data: &[u8], max: usize) {
     let whole = request_events(data, max, false);
     let pieces = request_events(data, max, true);
-    assert_eq!(whole, pieces, "the same stream in pieces decodes differently");
+    assert_eq!(
+        whole, pieces,
+        "the same stream in pieces decodes differently"
+    );
     let mut at = 0;
     for e in &whole {
         let Event::Item(r) = e else { break };
@@ -113,14 +119,7 @@ pub fn requests(data: &[u8], max: usize) {
         if r.magic == MAGIC_REQ && r.datatype == 0 && r.key.len() <= usize::from(u16::MAX) {
             let mut again = BytesMut::new();
             encode_request(
-                &mut again,
-                r.opcode,
-                r.vbucket,
-                r.opaque,
-                r.cas,
-                &r.extras,
-                &r.key,
-                &r.value,
+                &mut again, r.opcode, r.vbucket, r.opaque, r.cas, &r.extras, &r.key, &r.value,
             );
             assert_eq!(&again[..], raw, "a classic request re-encodes to its bytes");
         }
@@ -167,7 +166,10 @@ fn response_events(data: &[u8], incremental: bool) -> Vec<Event<Response, FrameE
 pub fn responses(data: &[u8]) {
     let whole = response_events(data, false);
     let pieces = response_events(data, true);
-    assert_eq!(whole, pieces, "the same responses in pieces decode differently");
+    assert_eq!(
+        whole, pieces,
+        "the same responses in pieces decode differently"
+    );
     for e in &whole {
         if let Event::Item(r) = e {
             let _ = status_name(r.status);
@@ -202,10 +204,20 @@ pub fn response_round_trip(data: &[u8]) {
     match decode_response(&mut buf) {
         Ok(Some(r)) => {
             assert_eq!(
-                (r.opcode, r.status, r.datatype, &r.extras[..], &r.key[..], &r.value[..]),
+                (
+                    r.opcode,
+                    r.status,
+                    r.datatype,
+                    &r.extras[..],
+                    &r.key[..],
+                    &r.value[..]
+                ),
                 (field(4), status, field(7), extras, key, value)
             );
-            assert_eq!((r.opaque, r.cas), (u32::from(field(5)) << 8, u64::from(field(6)) << 32));
+            assert_eq!(
+                (r.opaque, r.cas),
+                (u32::from(field(5)) << 8, u64::from(field(6)) << 32)
+            );
             assert!(buf.is_empty(), "{len} bytes, {} left", buf.len());
         }
         other => panic!("an encoded response decodes to {other:?}"),
@@ -322,7 +334,10 @@ fn check_command(c: &Command, max_value: usize) {
             assert!(data.len() <= max_value, "a data block over the limit");
         }
         Command::Get { keys, .. } | Command::Gat { keys, .. } => {
-            assert!(!keys.is_empty() && keys.iter().all(|k| key_ok(k)), "{keys:?}");
+            assert!(
+                !keys.is_empty() && keys.iter().all(|k| key_ok(k)),
+                "{keys:?}"
+            );
         }
         Command::Delete { key, .. } | Command::Arith { key, .. } | Command::Touch { key, .. } => {
             assert!(key_ok(key), "key {key:?}");

@@ -28,7 +28,9 @@ pub enum Name {
 
 /// Names the fuzzer picks from: valid ones, the reserved `_default`, and a
 /// few that break a rule (empty, a bad character, too long).
-pub const NAMES: &[&str] = &["_default", "a", "b", "fruit", "veg", "x%-_9", "", "bad name", "é"];
+pub const NAMES: &[&str] = &[
+    "_default", "a", "b", "fruit", "veg", "x%-_9", "", "bad name", "é",
+];
 
 /// An id, mostly small so that manifests share them.
 #[derive(Debug, Clone, Arbitrary)]
@@ -144,8 +146,7 @@ pub fn to_json(m: &ManifestSpec) -> Vec<u8> {
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
-    let mut u = Unstructured::new(data);
-    let Ok(input) = Input::arbitrary_take_rest(&mut u) else {
+    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
     run_input(&input);

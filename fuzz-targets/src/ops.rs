@@ -43,7 +43,7 @@ use bytes::Bytes;
 use kvstore_core::{
     Cas, CollectionId, CommitBatch, CompactionConfig, Datatype, DiskKey, Document,
     DroppedCollection, KeyRange, KvStore, LocalOp, MemImage, MemStore, Prior, RevSeqno,
-    ScanControl, ScanOptions, ScanStatus, SeqnoScan, Seqno, VbState, VbStore, Vbid, VbucketState,
+    ScanControl, ScanOptions, ScanStatus, Seqno, SeqnoScan, VbState, VbStore, Vbid, VbucketState,
 };
 use kvstore_couchfile::{CouchConfig, CouchStore, CouchVb, FaultInjector};
 use std::collections::BTreeSet;
@@ -154,8 +154,7 @@ pub struct Input {
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
-    let mut u = Unstructured::new(data);
-    let Ok(input) = Input::arbitrary_take_rest(&mut u) else {
+    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
     run_input(&input);
@@ -168,10 +167,7 @@ pub fn run_input(input: &Input) {
     let mut h = Harness::new(dir.path(), input.profile);
     for (i, op) in input.ops.iter().take(MAX_OPS).enumerate() {
         if let Err(e) = h.step(op) {
-            panic!(
-                "step {i} {op:?}: {e}\nsteps: {:#?}",
-                &input.ops[..=i]
-            );
+            panic!("step {i} {op:?}: {e}\nsteps: {:#?}", &input.ops[..=i]);
         }
     }
 }
@@ -239,7 +235,9 @@ fn all_keys() -> Vec<DiskKey> {
 fn value_of(seqno: u64, size: u8) -> Vec<u8> {
     match size % 4 {
         0 => (0..(seqno % 40)).map(|i| (seqno + i * 7) as u8).collect(),
-        1 => (0..300 + seqno % 700).map(|i| (seqno + i * 7) as u8).collect(),
+        1 => (0..300 + seqno % 700)
+            .map(|i| (seqno + i * 7) as u8)
+            .collect(),
         2 => (0..5000 + seqno % 4000)
             .map(|i| (seqno * 31 + i * 13) as u8)
             .collect(),
@@ -373,12 +371,8 @@ fn diff(couch: &Snapshot, model: &Snapshot) -> Option<String> {
             })
         })
         .or_else(|| {
-            (couch.high != model.high).then(|| {
-                format!(
-                    "high seqno: couchfile {}, model {}",
-                    couch.high, model.high
-                )
-            })
+            (couch.high != model.high)
+                .then(|| format!("high seqno: couchfile {}, model {}", couch.high, model.high))
         })
 }
 
@@ -415,10 +409,13 @@ struct Reference {
 
 impl Reference {
     fn new() -> Result<Self, String> {
-        Self::replay(Vec::new(), vec![Point {
-            high: 0,
-            log_len: 0,
-        }])
+        Self::replay(
+            Vec::new(),
+            vec![Point {
+                high: 0,
+                log_len: 0,
+            }],
+        )
     }
 
     /// A fresh `MemStore` with `log` applied.
@@ -536,7 +533,10 @@ impl<'d> Harness<'d> {
             Ok(s) => s,
             Err(e) => panic!("open a new couchfile store: {e}"),
         };
-        let vb = match store.create(VB).and_then(|v| store.open_couch(VB, v.revision())) {
+        let vb = match store
+            .create(VB)
+            .and_then(|v| store.open_couch(VB, v.revision()))
+        {
             Ok(v) => v,
             Err(e) => panic!("create a vbucket: {e}"),
         };
@@ -626,8 +626,12 @@ impl<'d> Harness<'d> {
             }
             Op::State(s) => {
                 self.staged.vbstate = Some(VbucketState {
-                    state: [VbState::Active, VbState::Replica, VbState::Pending, VbState::Dead]
-                        [usize::from(s % 4)],
+                    state: [
+                        VbState::Active,
+                        VbState::Replica,
+                        VbState::Pending,
+                        VbState::Dead,
+                    ][usize::from(s % 4)],
                     max_cas: Cas(u64::from(s) << 20),
                     snapshot_start: Seqno(u64::from(s)),
                     snapshot_end: Seqno(u64::from(s) * 2),
@@ -807,7 +811,9 @@ impl<'d> Harness<'d> {
                     self.model
                         .vb
                         .commit_with_priors(batch.clone(), priors)
-                        .map_err(|e| format!("the reference refuses a commit couchfile took: {e}"))?;
+                        .map_err(|e| {
+                            format!("the reference refuses a commit couchfile took: {e}")
+                        })?;
                     self.model.log.push(MemOp::Commit(batch));
                     let high = self.high()?;
                     self.model.points.push(Point {
@@ -937,7 +943,13 @@ impl<'d> Harness<'d> {
     /// Moves the reference to where a rollback to `target` landed (`high`,
     /// or zero), checking that the landing is allowed: exact when `target`
     /// is at or above `exact_from`.
-    fn land(&mut self, target: u64, high: u64, to_zero: bool, exact_from: u64) -> Result<(), String> {
+    fn land(
+        &mut self,
+        target: u64,
+        high: u64,
+        to_zero: bool,
+        exact_from: u64,
+    ) -> Result<(), String> {
         self.anchor = high;
         self.next_seqno = self.next_seqno.max(high + 1);
         let newest = self.model.points.iter().rposition(|p| p.high <= target);
@@ -968,7 +980,11 @@ impl<'d> Harness<'d> {
             .vb
             .rollback(Seqno(high))
             .map_err(|e| format!("reference rollback: {e}"))?;
-        let reached = self.model.vb.info().map_err(|e| format!("reference info: {e}"))?;
+        let reached = self
+            .model
+            .vb
+            .info()
+            .map_err(|e| format!("reference info: {e}"))?;
         if r.to_zero || reached.high_seqno.0 != high {
             // The reference compacted that history away, or couchfile
             // landed further back than the newest commit: replay the
@@ -996,7 +1012,9 @@ impl<'d> Harness<'d> {
             .map_err(|e| format!("reopen: {e}"))?;
         let found = store.discover().map_err(|e| format!("discover: {e}"))?;
         let [(vbid, rev_now)] = found[..] else {
-            return Err(format!("discover found {found:?}, want one revision of {VB}"));
+            return Err(format!(
+                "discover found {found:?}, want one revision of {VB}"
+            ));
         };
         if vbid != VB || rev_now < rev {
             return Err(format!("discover found {found:?}, had {rev}"));
@@ -1046,8 +1064,11 @@ impl<'d> Harness<'d> {
                     if couch.high.0 <= t.0 {
                         let alt = if to_zero {
                             Reference::new()?
-                        } else if let Some(pos) =
-                            self.model.points.iter().rposition(|p| p.high == couch.high.0)
+                        } else if let Some(pos) = self
+                            .model
+                            .points
+                            .iter()
+                            .rposition(|p| p.high == couch.high.0)
                         {
                             self.model.at_point(pos)?
                         } else {

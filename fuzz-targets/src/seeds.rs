@@ -12,7 +12,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kvstore_core::{
-    CollectionId, DiskKey, Document, FailoverEntry, Seqno, VbState, VbucketState, key::encode_leb128,
+    CollectionId, DiskKey, Document, FailoverEntry, Seqno, VbState, VbucketState,
+    key::encode_leb128,
 };
 use kvstore_couchfile::header::{Header, SegmentStat, SegmentTable};
 use kvstore_couchfile::node::{Compression, Leaf, Node};
@@ -166,7 +167,10 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             let mut res = BytesMut::new();
             kvserver::protocol::encode_response(&mut res, 0, 0, 9, 77, 1, &[0; 4], b"", b"{}");
             add("responses", [&[1u8, 0][..], &res[..]].concat());
-            add("frame-infos", vec![2, 0, 0x00, 0x11, 1, 0x50, 0xf2, 3, 1, 2]);
+            add(
+                "frame-infos",
+                vec![2, 0, 0x00, 0x11, 1, 0x50, 0xf2, 3, 1, 2],
+            );
             add(
                 "text",
                 b"\x03\x10set k 0 0 2\r\nab\r\ngets k j\r\ndelete k\r\nincr n 5 noreply\r\ntouch k 10\r\ncas k 1 2 1 55\r\nx\r\nset big 0 0 999\r\n"

@@ -145,7 +145,10 @@ fn manifest_edits() {
     for ops in [
         vec![EditOp::BumpUid(1)],
         vec![EditOp::BumpUid(1), EditOp::DropCollection(1)],
-        vec![EditOp::BumpUid(2), EditOp::RenameCollection(1, Name::Pool(2))],
+        vec![
+            EditOp::BumpUid(2),
+            EditOp::RenameCollection(1, Name::Pool(2)),
+        ],
         vec![EditOp::BumpUid(1), EditOp::MoveCollection(1, 1)],
         vec![EditOp::BumpUid(1), EditOp::DropScope(1)],
         vec![EditOp::DropCollection(2)],

@@ -47,7 +47,12 @@ fn replay(kind: &str) -> usize {
             }
         }
     }
-    assert!(failures.is_empty(), "{} inputs failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} inputs failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
     n
 }
 
@@ -68,10 +73,19 @@ fn every_target_has_small_seeds_and_a_fuzz_binary() {
     for t in TARGETS {
         let files = inputs(&fuzz_dir().join("seeds").join(t.name));
         assert!(!files.is_empty(), "{} has no seeds", t.name);
-        assert!(files.len() <= 12, "{} has {} seeds; keep it small", t.name, files.len());
+        assert!(
+            files.len() <= 12,
+            "{} has {} seeds; keep it small",
+            t.name,
+            files.len()
+        );
         for f in files {
             let len = std::fs::metadata(&f).unwrap().len();
-            assert!(len as usize <= seeds::MAX_SEED, "{} is {len} bytes", f.display());
+            assert!(
+                len as usize <= seeds::MAX_SEED,
+                "{} is {len} bytes",
+                f.display()
+            );
         }
         assert!(
             bins.contains(&format!("name = \"{}\"", t.name)),
@@ -97,7 +111,12 @@ fn seeds_on_disk_are_generated() {
             let path = fuzz_dir().join("seeds").join(t.name).join(&name);
             let on_disk = std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("{}: {e} (run write_seeds)", path.display()));
-            assert_eq!(on_disk, bytes, "{} is stale (run write_seeds)", path.display());
+            assert_eq!(
+                on_disk,
+                bytes,
+                "{} is stale (run write_seeds)",
+                path.display()
+            );
         }
     }
 }
@@ -109,7 +128,11 @@ fn write_seeds() {
         let dir = fuzz_dir().join("seeds").join(t.name);
         std::fs::create_dir_all(&dir).unwrap();
         for (name, bytes) in seeds::seeds(t.name) {
-            assert!(bytes.len() <= seeds::MAX_SEED, "{}/{name} is too big", t.name);
+            assert!(
+                bytes.len() <= seeds::MAX_SEED,
+                "{}/{name} is too big",
+                t.name
+            );
             std::fs::write(dir.join(name), bytes).unwrap();
         }
     }
