@@ -93,7 +93,7 @@ fn config() -> CouchConfig {
 }
 
 fn key(i: u64) -> DiskKey {
-    let cid = if i % 3 == 0 {
+    let cid = if i.is_multiple_of(3) {
         CollectionId(8)
     } else {
         CollectionId::DEFAULT

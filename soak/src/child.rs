@@ -54,7 +54,10 @@ struct Shared {
 
 impl Shared {
     fn say(&self, line: &Line) {
-        let mut o = self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A parent that went away ends the child: nothing to report to.
         if writeln!(o, "{line}").and_then(|()| o.flush()).is_err() {
             std::process::exit(3);
@@ -211,7 +214,8 @@ impl<'s> Worker<'s> {
                         Ok(item) => value_op(&item.value),
                         Err(_) => None,
                     };
-                    w.model.insert((vb, c, k), (v, colls.generation[usize::from(c)]));
+                    w.model
+                        .insert((vb, c, k), (v, colls.generation[usize::from(c)]));
                 }
             }
         }
@@ -246,7 +250,8 @@ impl<'s> Worker<'s> {
                     self.rng.random_range(1..=COLLS)
                 };
                 let k = self.rng.random_range(0..KEYS);
-                self.doc_op(vb, c, k, self.rng.random_range(0..1000));
+                let roll = self.rng.random_range(0..1000);
+                self.doc_op(vb, c, k, roll);
             }
         }
     }
@@ -292,7 +297,7 @@ impl<'s> Worker<'s> {
             }
             return;
         }
-        let durable = roll % 4 == 0;
+        let durable = roll.is_multiple_of(4);
         let opts = if durable {
             WriteOptions::durable()
         } else {
@@ -350,7 +355,10 @@ impl<'s> Worker<'s> {
             let got = match s.engine.get(Vbid(vb), &key) {
                 Ok(item) => match value_op(&item.value) {
                     Some(i) => Ok(Some(i)),
-                    None => Err(format!("a value no operation wrote ({} bytes)", item.value.len())),
+                    None => Err(format!(
+                        "a value no operation wrote ({} bytes)",
+                        item.value.len()
+                    )),
                 },
                 Err(EngineError::KeyNotFound) => Ok(None),
                 Err(e) => Err(e.to_string()),
@@ -381,7 +389,10 @@ fn collections(s: &Shared, t: u32, seed: u64) {
         let uid = colls.uid + 1;
         let op = Op::Manifest { uid, open };
         s.say(&Line::Try(t, op));
-        match s.engine.set_collections(manifest_json(uid, open).as_bytes()) {
+        match s
+            .engine
+            .set_collections(manifest_json(uid, open).as_bytes())
+        {
             Ok(()) => {
                 s.say(&Line::Ack(t, op, 0));
                 colls.uid = uid;
@@ -411,8 +422,7 @@ fn compactor(s: &Shared, seed: u64) {
             // The vbucket was deleted under it.
             Err(EngineError::NotMyVbucket(_)) => {}
             Err(EngineError::Storage(e))
-                if matches!(*e, StoreError::Cancelled | StoreError::Deleted { .. }) =>
-            {}
+                if matches!(*e, StoreError::Cancelled | StoreError::Deleted { .. }) => {}
             Err(e) => s.violation(format!("vb:{vb} compaction failed: {e}")),
         }
     }

@@ -233,7 +233,10 @@ fn soak(
             let hit = aim
                 && matches!(
                     l,
-                    Line::Try(_, Op::DropVb { .. } | Op::CreateVb { .. } | Op::Manifest { .. })
+                    Line::Try(
+                        _,
+                        Op::DropVb { .. } | Op::CreateVb { .. } | Op::Manifest { .. }
+                    )
                 );
             take(&l, &mut sum, &mut model, &pb, &mut stat, round);
             if hit {
@@ -259,7 +262,9 @@ fn soak(
                 take(&l, &mut sum, &mut model, &pb, &mut stat, round);
             }
         }
-        let status = child.wait().map_err(|e| format!("waiting for the child: {e}"))?;
+        let status = child
+            .wait()
+            .map_err(|e| format!("waiting for the child: {e}"))?;
         sum.kills += 1;
         sum.peak_rss_kb = sum.peak_rss_kb.max(stat.0);
         sum.reads += stat.1;
@@ -275,7 +280,9 @@ fn soak(
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            report(&mut sum, &pb,
+            report(
+                &mut sum,
+                &pb,
                 format!("round {round}: the child died by itself ({status}):\n{tail}"),
             );
             break;
@@ -290,11 +297,19 @@ fn soak(
                     report(&mut sum, &pb, format!("round {round} (after warmup): {b}"));
                 }
                 if let Err(err) = e.shutdown() {
-                    report(&mut sum, &pb, format!("round {round}: shutdown failed: {err}"));
+                    report(
+                        &mut sum,
+                        &pb,
+                        format!("round {round}: shutdown failed: {err}"),
+                    );
                 }
             }
             Err(err) => {
-                report(&mut sum, &pb, format!("round {round}: warmup failed: {err}"));
+                report(
+                    &mut sum,
+                    &pb,
+                    format!("round {round}: warmup failed: {err}"),
+                );
                 break;
             }
         }

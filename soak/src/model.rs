@@ -163,7 +163,11 @@ impl Model {
     fn apply(&mut self, op: &Op, seqno: u64) {
         match *op {
             Op::Set {
-                vb, c, k, i, durable,
+                vb,
+                c,
+                k,
+                i,
+                durable,
             } => self.write(vb, c, k, seqno, Some(i), durable),
             Op::Del {
                 vb, c, k, durable, ..

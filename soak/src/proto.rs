@@ -182,7 +182,9 @@ impl Line {
                 reads: n(2)?,
                 checks: n(3)?,
             }),
-            "VIOLATION" => Some(Line::Violation(s["VIOLATION ".len().min(s.len())..].to_owned())),
+            "VIOLATION" => Some(Line::Violation(
+                s["VIOLATION ".len().min(s.len())..].to_owned(),
+            )),
             _ => None,
         }
     }
@@ -211,7 +213,10 @@ mod tests {
             },
             Op::DropVb { vb: 7 },
             Op::CreateVb { vb: 7 },
-            Op::Manifest { uid: 12, open: 0b101 },
+            Op::Manifest {
+                uid: 12,
+                open: 0b101,
+            },
         ];
         for op in ops {
             for line in [Line::Try(2, op), Line::Ack(1, op, 44)] {

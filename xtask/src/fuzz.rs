@@ -44,7 +44,11 @@ fn parse_libfuzzer(out: &str) -> FuzzStats {
             s.cov = field(line, " cov: ").and_then(|v| v.parse().ok());
             s.ft = field(line, " ft: ").and_then(|v| v.parse().ok());
             s.corpus = field(line, " corp: ");
-            if let Some(n) = line[1..].split_whitespace().next().and_then(|n| n.parse().ok()) {
+            if let Some(n) = line[1..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+            {
                 s.execs = s.execs.max(n);
             }
         }
@@ -68,8 +72,7 @@ fn parse_libfuzzer(out: &str) -> FuzzStats {
 /// The targets: the `[[bin]]` names of `fuzz/Cargo.toml`.
 fn fuzz_targets() -> Result<Vec<String>> {
     let manifest = root().join("fuzz/Cargo.toml");
-    let text =
-        fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let text = fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     let mut in_bin = false;
     let mut out = Vec::new();
     for line in text.lines().map(str::trim) {
@@ -186,7 +189,10 @@ pub(crate) fn fuzz(args: &[String]) -> Result<()> {
     let all = fuzz_targets()?;
     for t in &only {
         if !all.contains(t) {
-            return Err(format!("fuzz: no target {t:?}; the targets are {}", all.join(", ")));
+            return Err(format!(
+                "fuzz: no target {t:?}; the targets are {}",
+                all.join(", ")
+            ));
         }
     }
     let targets: Vec<String> = if only.is_empty() { all } else { only };
