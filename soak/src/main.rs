@@ -355,7 +355,7 @@ fn soak(
 fn report(sum: &mut Summary, pb: &ProgressBar, what: String) {
     sum.violations += 1;
     if sum.violations <= 20 {
-        pb.println(format!("VIOLATION: {what}"));
+        pb.suspend(|| eprintln!("VIOLATION: {what}"));
     }
 }
 
