@@ -783,6 +783,8 @@ impl<'d> Harness<'d> {
     }
 
     fn arm(&self, f: Fault) {
+        // One fault at a time, so `armed` tells whether it fired.
+        self.faults.clear();
         match f {
             Fault::Write(n) => self.faults.fail_write_in(u64::from(n % 8)),
             Fault::Sync(n) => self.faults.fail_sync_in(u64::from(n % 8)),
