@@ -939,6 +939,11 @@ impl Engine {
             Arc::clone(&self.shared.cookies),
             uuid,
         )?;
+        // Serialised with manifest updates: a vbucket inserted while one is
+        // being applied (after it listed the vbuckets, before it made its
+        // manifest current) would otherwise take the old manifest and never
+        // see the new one (found by the soak).
+        let _serial = lock(&self.shared.manifest_lock);
         match self.shared.map.insert(vb) {
             Ok(vb) => {
                 // A new active vbucket takes the bucket's collections.
@@ -962,6 +967,8 @@ impl Engine {
     pub fn set_vbucket_state(&self, vbid: Vbid, state: VbState) -> EngineResult<()> {
         self.check_running()?;
         let vb = self.shared.map.get(vbid)?;
+        // Serialised with manifest updates, as in `create_vbucket`.
+        let _serial = lock(&self.shared.manifest_lock);
         {
             let mut d = lock(&vb.data);
             d.state = state;

@@ -455,6 +455,9 @@ fn failed_flush_reports_status_to_cookie() {
     let faults = kvstore_couchfile::FaultInjector::new();
     let backend = Backend::Couchfile(kvstore_couchfile::CouchConfig {
         faults: Some(faults.clone()),
+        // Maintenance inside commits, so that the armed fault is taken by
+        // the flush under test and not by a background log chore.
+        background: false,
         ..Default::default()
     });
     let o = open(dir.path(), backend, 0);

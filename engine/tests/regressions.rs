@@ -421,3 +421,49 @@ fn a_reused_cookie_id_is_not_told_a_departed_update_is_its_own() {
         assert_eq!(e.stats().cookies, 0);
     }
 }
+
+/// Found by the soak (issue 12): a vbucket created while a manifest update
+/// was being applied (after the update listed the vbuckets, before it made
+/// its manifest the bucket's) took the old manifest and kept it until the
+/// next update, so the vbucket had a collection open that the bucket had
+/// dropped, or the other way round. Each round starts a create and an
+/// update together; afterwards the vbucket must be at the bucket's
+/// manifest.
+#[test]
+fn a_vbucket_created_during_a_manifest_update_takes_the_new_manifest() {
+    const ROUNDS: u16 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::open_with(dir.path(), Backend::Memory, |c| {
+        c.vbuckets = usize::from(ROUNDS) + 1;
+    });
+    let e = &o.engine;
+    let json = |uid: u16| {
+        let extra = if uid % 2 == 1 {
+            r#",{"name":"fruit","uid":"8"}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"uid":"{uid:x}","scopes":[{{"name":"_default","uid":"0","collections":[{{"name":"_default","uid":"0"}}{extra}]}}]}}"#
+        )
+    };
+    let barrier = std::sync::Barrier::new(2);
+    for round in 1..=ROUNDS {
+        let vb = Vbid(round);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                e.create_vbucket(vb, VbState::Active).unwrap();
+            });
+            barrier.wait();
+            e.set_collections(json(round).as_bytes()).unwrap();
+        });
+        let m = e.manifest();
+        let vc = e.vbucket_collections(vb).unwrap();
+        assert_eq!(
+            (vc.uid, vc.collection(CollectionId(8)).is_some()),
+            (m.uid, m.collections.contains_key(&CollectionId(8))),
+            "round {round}: {vb} is at another manifest than the bucket"
+        );
+    }
+}

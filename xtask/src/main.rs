@@ -14,6 +14,12 @@
 //!   `couchbase` 4.x, `pymemcache`, `python-binary-memcached`) in a venv
 //!   under `~/.cache/vbstore/venv`, which outlives the clone. The tests find
 //!   it through `VBSTORE_VENV`. `ci` runs it first.
+//! - `fuzz [--time S] [--target NAME]`: every cargo-fuzz target (see
+//!   `fuzz/README.md`) for S seconds (default 30), with executions,
+//!   coverage and crashes per target; non-zero on a crash.
+//! - `soak [--minutes N] [--backend couchfile|rocksdb]`: the engine under
+//!   a mixed load with SIGKILLs, checked against a model (the `soak`
+//!   crate); non-zero on a violation.
 //!
 //! It keeps no dependencies: it only runs programs.
 
@@ -29,6 +35,8 @@ const ADVISORY_DB_DIR: &str = "advisory-db-3157b0e258782691";
 
 type Result<T> = std::result::Result<T, String>;
 
+mod fuzz;
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
@@ -43,6 +51,8 @@ fn main() -> ExitCode {
         "bench" if rest.first().is_some_and(|a| a == "server") => bench_server(&rest[1..]),
         "bench" => bench(rest),
         "setup" => setup().map(|_| ()),
+        "fuzz" => fuzz::fuzz(rest),
+        "soak" => fuzz::soak(rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             Ok(())
@@ -59,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <ci [--fail-fast] | setup | loom [--deep] | deny | bench [--quick | --criterion | ARGS...] | bench server [--secs N] [--conns N] [--runs N]>"
+    "usage: cargo xtask <ci [--fail-fast] | setup | loom [--deep] | deny | bench [--quick | --criterion | ARGS...] | bench server [--secs N] [--conns N] [--runs N] | fuzz [--time S] [--target NAME] | soak [--minutes N] [--backend couchfile|rocksdb]>"
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
