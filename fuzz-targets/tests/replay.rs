@@ -137,3 +137,22 @@ fn write_seeds() {
         }
     }
 }
+
+/// Inputs of bugs found and not fixed yet (`fuzz/open-crashes/`): each one
+/// must still fail its target. When one passes, its bug is fixed: move it
+/// to `fuzz/regressions/`.
+#[test]
+#[ignore = "open bugs: see fuzz/open-crashes/README.md"]
+fn open_crashes_still_fail() {
+    for t in TARGETS {
+        for path in inputs(&fuzz_dir().join("open-crashes").join(t.name)) {
+            let data = std::fs::read(&path).unwrap();
+            let failed = catch_unwind(AssertUnwindSafe(|| (t.run)(&data))).is_err();
+            assert!(
+                failed,
+                "{} passes now: move it to fuzz/regressions/",
+                path.display()
+            );
+        }
+    }
+}

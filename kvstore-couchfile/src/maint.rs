@@ -641,6 +641,9 @@ fn checkpoint_mode(
 ) -> StoreResult<bool> {
     let frozen = {
         let mut w = lock(&vb.writer);
+        // Replay will start at the writer's position: a refused record
+        // after it must not come back (found by the ops fuzzer).
+        w.wal.recover_if_dirty()?;
         let v = vb.view();
         match &v.frozen {
             Some(f) => Arc::clone(f),
@@ -1104,6 +1107,7 @@ pub(crate) fn rollback(vb: &CouchVb, to: Seqno) -> StoreResult<RollbackResult> {
         checkpoint(vb, &mut iw, false)?;
     }
     let mut w = lock(&vb.writer);
+    w.wal.recover_if_dirty()?;
     let v = vb.view();
     if v.high_seqno <= to {
         return Ok(RollbackResult {

@@ -560,7 +560,12 @@ impl KvStore for CouchStore {
         for h in self.shared.all_handles() {
             h.stop.store(true, Ordering::SeqCst);
             drop(lock(&h.maint));
-            drop(lock(&h.writer));
+            let mut w = lock(&h.writer);
+            // A refused append must not come back at the next open.
+            if let Err(e) = w.wal.recover_if_dirty() {
+                tracing::warn!(vbid = %h.vbid, error = %e, "could not clear a failed append at close");
+            }
+            drop(w);
         }
         drop(lock(&self.shared.dir_lock).take());
         tracing::debug!(dir = %self.shared.dir.display(), "store closed");

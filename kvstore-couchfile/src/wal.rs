@@ -1109,6 +1109,18 @@ pub struct WalWriter {
 }
 
 impl WalWriter {
+    /// Zeroes what a failed append left after the last durable record,
+    /// if anything ([`WalWriter::recover`]). Run before anything makes the
+    /// writer's position durable as a replay start (a checkpoint, a
+    /// rollback, a close): a torn write can land a whole refused record,
+    /// which replay would otherwise bring back.
+    pub fn recover_if_dirty(&mut self) -> StoreResult<()> {
+        if self.poisoned.is_some() || self.dirty_until > self.pos {
+            self.recover()?;
+        }
+        Ok(())
+    }
+
     /// Overwrites whatever a failed write or sync may have left after the
     /// last durable record with zeros, through a newly opened descriptor,
     /// and syncs. Clears the poison on success.
