@@ -767,7 +767,7 @@ impl Engine {
         let vb = self.active(vbid)?;
         let now = self.now();
         let expiry = self.absolute_expiry(opts.expiry);
-        let (mut d, current) = vb.current(key)?;
+        let (d, current) = vb.current(key)?;
         if d.state != VbState::Active {
             return Err(EngineError::NotMyVbucket(vbid));
         }
@@ -792,7 +792,7 @@ impl Engine {
         let was_live = live.is_some();
         let old_bytes = live.map_or(0, Document::body_size) as i64;
         let rev_seqno = current.as_ref().map_or(1, |c| c.meta.rev_seqno.0 + 1);
-        let mut doc = Document {
+        let doc = Document {
             key: key.clone(),
             meta: DocMeta {
                 cas: Cas(0),
@@ -805,9 +805,28 @@ impl Engine {
             },
             value,
         };
-        // Reserve memory before taking a seqno, so a refused write leaves no
-        // gap.
-        self.reserve(&vb, item_bytes(&doc))?;
+        self.write_live(via, &vb, d, doc, (was_live, old_bytes), opts.durable, None)
+    }
+
+    /// Lands `doc`, a new live version of its key, in memory: reserves its
+    /// memory (before taking a seqno, so a refused write leaves no gap),
+    /// gives it a seqno and a CAS, marks it dirty, keeps the item and
+    /// collection counts, and parks or waits for persistence when
+    /// `durable`. `replaced` says whether a live version is replaced and
+    /// its body size; `written` receives the new metadata.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_live(
+        &self,
+        via: &Via,
+        vb: &VbGuard,
+        mut d: crate::sync::MutexGuard<'_, VbData>,
+        mut doc: Document,
+        replaced: (bool, i64),
+        durable: bool,
+        written: Option<&mut Option<DocMeta>>,
+    ) -> EngineResult<Step<MutationResult>> {
+        let (was_live, old_bytes) = replaced;
+        self.reserve(vb, item_bytes(&doc))?;
         doc.meta.seqno = d.next_seqno();
         doc.meta.cas = d.next_cas(self.shared.config.clock.now_nanos());
         let result = MutationResult {
@@ -816,17 +835,21 @@ impl Engine {
             vbucket_uuid: d.uuid(),
         };
         let new_bytes = doc.body_size() as i64;
+        let collection = doc.key.collection();
+        if let Some(w) = written {
+            *w = Some(doc.meta);
+        }
         self.put_dirty(&mut d, doc, false);
         if !was_live {
             d.live_items += 1;
         }
         d.collections.note(
-            key.collection(),
+            collection,
             result.seqno,
             i64::from(!was_live),
             new_bytes - old_bytes,
         );
-        self.finish_write(via, &vb, d, result, opts.durable)
+        self.finish_write(via, vb, d, result, durable)
     }
 
     /// Parks a durable write (under the data lock, so the flusher cannot

@@ -31,7 +31,6 @@ use crate::engine::Shared;
 use crate::engine::{Engine, Item, Step, Via};
 use crate::error::{EngineError, EngineResult};
 use crate::sync::Arc;
-use crate::vbucket::item_bytes;
 use crate::{CookieCalls, WriteOptions};
 use bytes::{Bytes, BytesMut};
 use kvstore_core::{Cas, Datatype, DiskKey, DocMeta, Document, RevSeqno, Seqno, VbState, Vbid};
@@ -125,7 +124,7 @@ impl Engine {
         }
         let vb = self.active(vbid)?;
         let now = self.now();
-        let (mut d, current) = vb.current(key)?;
+        let (d, current) = vb.current(key)?;
         if d.state != VbState::Active {
             return Err(EngineError::NotMyVbucket(vbid));
         }
@@ -147,7 +146,7 @@ impl Engine {
         let old_bytes = live.map_or(0, Document::body_size) as i64;
         let rev_seqno = current.as_ref().map_or(1, |c| c.meta.rev_seqno.0 + 1);
         let expiry = Self::cap_expiry(&d, key, rw.expiry, now);
-        let mut doc = Document {
+        let doc = Document {
             key: key.clone(),
             meta: DocMeta {
                 cas: Cas(0),
@@ -160,27 +159,15 @@ impl Engine {
             },
             value: rw.value,
         };
-        self.reserve(&vb, item_bytes(&doc))?;
-        doc.meta.seqno = d.next_seqno();
-        doc.meta.cas = d.next_cas(self.shared.config.clock.now_nanos());
-        let result = MutationResult {
-            cas: doc.meta.cas,
-            seqno: doc.meta.seqno,
-            vbucket_uuid: d.uuid(),
-        };
-        let new_bytes = doc.body_size() as i64;
-        *written = Some(doc.meta);
-        self.put_dirty(&mut d, doc, false);
-        if !was_live {
-            d.live_items += 1;
-        }
-        d.collections.note(
-            key.collection(),
-            result.seqno,
-            i64::from(!was_live),
-            new_bytes - old_bytes,
-        );
-        self.finish_write(via, &vb, d, result, durable)
+        self.write_live(
+            via,
+            &vb,
+            d,
+            doc,
+            (was_live, old_bytes),
+            durable,
+            Some(written),
+        )
     }
 
     fn arith_via(
